@@ -1,0 +1,134 @@
+"""Selective-scan ops: one entry point, several implementations of the same function."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from medmamba_jax.ops.selective_scan import (
+    check_shapes,
+    selective_scan_associative,
+    selective_scan_reference,
+)
+
+SCAN_IMPLS = ("auto", "reference", "associative", "pallas")
+
+
+def _pallas_impl() -> Callable:
+    try:
+        from medmamba_jax.ops.pallas_scan import selective_scan_pallas
+    except ImportError as err:
+        raise NotImplementedError(
+            "impl='pallas' is not available in this build; use impl='associative'"
+        ) from err
+    return selective_scan_pallas
+
+
+def resolve_impl(impl: str) -> str:
+    """Maps 'auto' to 'pallas' on a GPU backend and 'associative' elsewhere."""
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"unknown scan impl {impl!r}; choose one of {SCAN_IMPLS}")
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "associative"
+    return impl
+
+
+def _implementation(impl: str) -> Callable:
+    impl = resolve_impl(impl)
+    if impl == "pallas":
+        return _pallas_impl()
+    return {"reference": selective_scan_reference, "associative": selective_scan_associative}[impl]
+
+
+def selective_scan(
+    u: jax.Array,
+    delta: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    delta_bias: jax.Array | None = None,
+    delta_softplus: bool = False,
+    *,
+    impl: str = "associative",
+) -> jax.Array:
+    """Mamba's selective scan with ``mamba_ssm.selective_scan_fn``'s layout.
+
+    Args:
+      u, delta: (batch, K*D, L).
+      A: (K*D, N), negative.
+      B, C: (batch, K, N, L); group k serves channels k*D ... (k+1)*D - 1.
+      D, delta_bias: (K*D,) or None.
+      delta_softplus: apply softplus to delta + delta_bias.
+      impl: 'reference', 'associative', 'pallas' or 'auto'.
+
+    Returns:
+      y: (batch, K*D, L) float32.
+    """
+    fn = _implementation(impl)
+    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def cross_selective_scan(
+    u2: jax.Array,
+    delta: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array,
+    delta_bias: jax.Array,
+    *,
+    impl: str = "associative",
+) -> jax.Array:
+    """SS2D's four scan directions over two sequences, with softplus on delta.
+
+    Direction k reads sequence ``u2[:, k % 2]``; directions 2 and 3 run it backwards.
+    Every per-direction input and output is indexed in its sequence's forward order,
+    so callers never build flipped copies.
+
+    Args:
+      u2: (batch, 2, D, L), the row-major and column-major sequences.
+      delta: (batch, 4, D, L).
+      A: (4*D, N). B, C: (batch, 4, N, L). D, delta_bias: (4*D,).
+
+    Returns:
+      y: (batch, 4, D, L) float32.
+    """
+    batch, _, dim, length = u2.shape
+    if u2.shape[1] != 2 or delta.shape != (batch, 4, dim, length):
+        raise ValueError(f"expected u2 (b,2,D,L) and delta (b,4,D,L), got {u2.shape}, {delta.shape}")
+    impl = resolve_impl(impl)
+    if impl == "pallas":
+        from medmamba_jax.ops.pallas_scan import cross_selective_scan_pallas
+
+        return cross_selective_scan_pallas(u2, delta, A, B, C, D, delta_bias)
+
+    def directed(arr):  # flips directions 2, 3 along L; axis 1 is the direction
+        return jnp.concatenate([arr[:, :2], jnp.flip(arr[:, 2:], axis=-1)], axis=1)
+
+    u4 = directed(jnp.concatenate([u2, u2], axis=1))
+    y = selective_scan(
+        u4.reshape(batch, 4 * dim, length),
+        directed(delta).reshape(batch, 4 * dim, length),
+        A,
+        directed(B),
+        directed(C),
+        D,
+        delta_bias,
+        delta_softplus=True,
+        impl=impl,
+    )
+    return directed(y.reshape(batch, 4, dim, length))
+
+
+__all__ = [
+    "SCAN_IMPLS",
+    "check_shapes",
+    "cross_selective_scan",
+    "resolve_impl",
+    "selective_scan",
+    "selective_scan_associative",
+    "selective_scan_reference",
+]

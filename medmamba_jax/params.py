@@ -1,0 +1,297 @@
+"""Weights between the released PyTorch MedMamba (``MedMamba.py``, class VSSM) and JAX.
+
+Conversion is a table: each :class:`Rule` names the modules it applies to (a regex on
+the dotted module path), the leaf name on each side, and the array transform in each
+direction. Every key that fails is collected before one error is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _conv_to_jax(w: np.ndarray) -> np.ndarray:  # (O, I, kh, kw) -> (kh, kw, I, O)
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _conv_to_torch(w: np.ndarray) -> np.ndarray:
+    return np.transpose(w, (3, 2, 0, 1))
+
+
+def _linear(w: np.ndarray) -> np.ndarray:  # (out, in) <-> (in, out)
+    return np.transpose(w)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    module: str  # regex for the dotted module path (after segment renames)
+    torch_leaf: str
+    jax_leaf: str
+    to_jax: Callable[[np.ndarray], np.ndarray] = _identity
+    to_torch: Callable[[np.ndarray], np.ndarray] = _identity
+
+
+_CONV = r"(.*\.)?(proj|conv2d|conv[123])"
+_LINEAR = r"(.*\.)?(in_proj|out_proj|reduction|head)"
+_NORM = r"(.*\.)?(ln_1|norm|out_norm|bn_in|bn[12])"
+_BATCH_NORM = r"(.*\.)?(bn_in|bn[12])"
+_SS2D = r"(.*\.)?self_attention"
+
+RULES: tuple[Rule, ...] = (
+    Rule(_CONV, "weight", "kernel", _conv_to_jax, _conv_to_torch),
+    Rule(_LINEAR, "weight", "kernel", _linear, _linear),
+    Rule(_NORM, "weight", "scale"),
+    Rule(f"{_CONV}|{_LINEAR}|{_NORM}", "bias", "bias"),
+    Rule(_BATCH_NORM, "running_mean", "mean"),
+    Rule(_BATCH_NORM, "running_var", "var"),
+    *(Rule(_SS2D, leaf, leaf) for leaf in ("A_logs", "Ds", "x_proj_weight", "dt_projs_weight", "dt_projs_bias")),
+)
+
+# Upstream's nn.Sequential indices for the conv branch, and our names for them.
+SEGMENT_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (f"conv33conv33conv11.{index}", f"conv_branch.{name}")
+    for index, name in ((0, "bn_in"), (1, "conv1"), (2, "bn1"), (4, "conv2"), (5, "bn2"), (7, "conv3"))
+)
+# Tracked by torch's BatchNorm but unused with momentum=0.1: ignored on import, exported as 0.
+IGNORED_TORCH_LEAVES = ("num_batches_tracked",)
+
+
+def _rename(path: str, pairs) -> str:
+    for old, new in pairs:
+        path = path.replace(f".{old}.", f".{new}.")
+    return path
+
+
+def _find_rule(path: str, side: str) -> tuple[Rule, str] | None:
+    module, _, leaf = path.rpartition(".")
+    for rule in RULES:
+        if getattr(rule, f"{side}_leaf") == leaf and re.fullmatch(rule.module, module):
+            return rule, module
+    return None
+
+
+def torch_key_to_jax(key: str) -> tuple[str, Callable] | None:
+    """Maps an upstream state-dict key to (JAX state path, transform), or None if unknown."""
+    found = _find_rule(_rename(key, SEGMENT_RENAMES), "torch")
+    if found is None:
+        return None
+    rule, module = found
+    return f"{module}.{rule.jax_leaf}", rule.to_jax
+
+
+def jax_path_to_torch(path: str) -> tuple[str, Callable] | None:
+    """Maps a JAX state path to (upstream key, transform), or None if unknown."""
+    found = _find_rule(path, "jax")
+    if found is None:
+        return None
+    rule, module = found
+    key = _rename(f"{module}.{rule.torch_leaf}", [(new, old) for old, new in SEGMENT_RENAMES])
+    return key, rule.to_torch
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "Reading or writing PyTorch .pth files needs PyTorch, which is not installed. "
+            "Install it with `pip install torch` (the CPU build is enough)."
+        ) from err
+    return torch
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a ``torch.save``d state dict as numpy arrays; a bad file raises CheckpointError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    torch = _torch()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
+    return _as_numpy_state_dict(obj, path)
+
+
+def _as_numpy_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a model state dict")
+    arrays = {}
+    for key, value in obj.items():
+        key = key[len("module."):] if key.startswith("module.") else key  # DataParallel
+        arrays[key] = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+    return arrays
+
+
+def infer_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MedMambaConfig:
+    """Depths, dims, d_state, classes, channels and patch size from the tensor shapes."""
+    block = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.")
+    depth_of: dict[int, int] = {}
+    for key in state_dict:
+        match = block.match(key)
+        if match:
+            stage, index = int(match[1]), int(match[2])
+            depth_of[stage] = max(depth_of.get(stage, 0), index + 1)
+    required = ["patch_embed.proj.weight"] + [f"layers.{s}.blocks.0.ln_1.weight" for s in depth_of]
+    missing = [k for k in required if k not in state_dict]
+    if not depth_of or missing:
+        raise CheckpointError(
+            "not a MedMamba state dict: cannot infer the architecture"
+            + (f"; missing {missing}" if depth_of else "; no 'layers.<i>.blocks.<j>' keys")
+        )
+    stages = range(max(depth_of) + 1)
+    embed = state_dict["patch_embed.proj.weight"]
+    head = state_dict.get("head.weight")
+    values = dict(
+        depths=tuple(depth_of.get(s, 0) for s in stages),
+        dims=tuple(2 * state_dict[f"layers.{s}.blocks.0.ln_1.weight"].shape[0] if s in depth_of else 0 for s in stages),
+        d_state=int(state_dict["layers.0.blocks.0.self_attention.A_logs"].shape[1])
+        if "layers.0.blocks.0.self_attention.A_logs" in state_dict
+        else 16,
+        num_classes=int(head.shape[0]) if head is not None else 0,
+        in_chans=int(embed.shape[1]),
+        patch_size=int(embed.shape[2]),
+    )
+    try:
+        return MedMambaConfig(**(values | overrides))
+    except ValueError as err:
+        raise CheckpointError(f"not a MedMamba state dict: {err}") from None
+
+
+# ---------------------------------------------------------------------------- converting
+
+
+def _flat_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """The live Param and BatchStat variables of ``model`` by dotted path."""
+    return {
+        ".".join(map(str, path)): node
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, (nnx.Param, nnx.BatchStat))
+    }
+
+
+def _format_problems(problems: dict[str, list[str]]) -> str:
+    lines = []
+    for kind, keys in problems.items():
+        if keys:
+            lines.append(f"{len(keys)} {kind}:")
+            lines.extend(f"  {k}" for k in keys)
+    return "\n".join(lines)
+
+
+def load_state_dict_into(model: MedMamba, state_dict: Mapping[str, np.ndarray]) -> MedMamba:
+    """Copies an upstream state dict into ``model``; raises one CheckpointError listing every bad key."""
+    targets = _flat_variables(model)
+    unexpected, mis_shaped, values = [], {}, {}
+    for key, array in state_dict.items():
+        if key.rpartition(".")[2] in IGNORED_TORCH_LEAVES:
+            continue
+        mapped = torch_key_to_jax(key)
+        if mapped is None or mapped[0] not in targets:
+            unexpected.append(key)
+            continue
+        path, transform = mapped
+        converted = transform(np.asarray(array))
+        if converted.shape != tuple(targets[path].shape):
+            wanted = _torch_shape(path, tuple(targets[path].shape))
+            mis_shaped[path] = f"{key}: checkpoint {tuple(np.shape(array))}, model wants {wanted}"
+            continue
+        values[path] = converted
+    missing = sorted(_torch_name(p) for p in targets if p not in values and p not in mis_shaped)
+    problems = {"unexpected keys": unexpected, "mis-shaped keys": list(mis_shaped.values()), "missing keys": missing}
+    if any(problems.values()):
+        cfg = model.config
+        raise CheckpointError(
+            f"state dict does not fit MedMamba depths={cfg.depths} dims={cfg.dims}:\n" + _format_problems(problems)
+        )
+    for path, array in values.items():
+        var = targets[path]
+        var.set_value(jnp.asarray(array, dtype=var.get_value().dtype))
+    return model
+
+
+def _torch_name(path: str) -> str:
+    mapped = jax_path_to_torch(path)
+    return mapped[0] if mapped else path
+
+
+def _torch_shape(path: str, jax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    mapped = jax_path_to_torch(path)
+    return tuple(mapped[1](np.zeros(jax_shape, np.float32)).shape) if mapped else jax_shape
+
+
+def from_torch(
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    *,
+    scan_impl: str = "associative",
+    drop_path_rate: float = 0.1,
+    seed: int = 0,
+) -> MedMamba:
+    """Builds a MedMamba from an upstream ``.pth`` file or state dict.
+
+    The architecture (depths, dims, d_state, num_classes, in_chans) is inferred from
+    the tensor shapes. BatchNorm running statistics are loaded too. The model is
+    returned in eval mode.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        state_dict = _as_numpy_state_dict(path_or_state_dict, "state dict")
+    else:
+        state_dict = load_torch_state_dict(path_or_state_dict)
+    config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
+    # Shapes only: random initialisation would compile one XLA program per parameter shape.
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=seed, dropout=seed + 1)))
+    _materialize_rng_state(model, seed)
+    load_state_dict_into(model, state_dict)
+    model.eval()
+    return model
+
+
+def _materialize_rng_state(model: nnx.Module, seed: int) -> None:
+    """Gives an abstract model's dropout streams real keys, one independent key per stream."""
+    base = jax.random.key(seed)
+    streams = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)]
+    for index, stream in enumerate(streams):
+        stream.key.set_value(jax.random.fold_in(base, index))
+        stream.count.set_value(jnp.zeros((), jnp.uint32))
+
+
+def to_numpy_state_dict(model: MedMamba) -> dict[str, np.ndarray]:
+    """The model's weights under upstream key names and layouts, as numpy arrays."""
+    out: dict[str, np.ndarray] = {}
+    for path, var in _flat_variables(model).items():
+        key, transform = jax_path_to_torch(path)
+        out[key] = np.ascontiguousarray(transform(np.asarray(var.get_value(), dtype=np.float32)))
+        if key.endswith(".running_var"):
+            out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    return out
+
+
+def to_torch_state_dict(model: MedMamba) -> dict[str, Any]:
+    """A ``torch.nn.Module.load_state_dict``-ready dict for upstream ``VSSM``."""
+    torch = _torch()
+    return {k: torch.from_numpy(v) for k, v in to_numpy_state_dict(model).items()}
