@@ -12,12 +12,12 @@ import os
 import re
 from typing import Any, Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
+from medmamba_jax.checkpoints import shell_model
+from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
 class CheckpointError(ValueError):
@@ -127,11 +127,16 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     torch = _torch()
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle starting with 0x80).
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
+        reason = (str(err).strip() or type(err).__name__).split(". ")[0].splitlines()[0]
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({reason[:120]})") from None
     return _as_numpy_state_dict(obj, path)
 
 
@@ -263,21 +268,10 @@ def from_torch(
     else:
         state_dict = load_torch_state_dict(path_or_state_dict)
     config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
-    # Shapes only: random initialisation would compile one XLA program per parameter shape.
-    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=seed, dropout=seed + 1)))
-    _materialize_rng_state(model, seed)
+    model = shell_model(config, seed)
     load_state_dict_into(model, state_dict)
     model.eval()
     return model
-
-
-def _materialize_rng_state(model: nnx.Module, seed: int) -> None:
-    """Gives an abstract model's dropout streams real keys, one independent key per stream."""
-    base = jax.random.key(seed)
-    streams = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)]
-    for index, stream in enumerate(streams):
-        stream.key.set_value(jax.random.fold_in(base, index))
-        stream.count.set_value(jnp.zeros((), jnp.uint32))
 
 
 def to_numpy_state_dict(model: MedMamba) -> dict[str, np.ndarray]:
@@ -294,4 +288,4 @@ def to_numpy_state_dict(model: MedMamba) -> dict[str, np.ndarray]:
 def to_torch_state_dict(model: MedMamba) -> dict[str, Any]:
     """A ``torch.nn.Module.load_state_dict``-ready dict for upstream ``VSSM``."""
     torch = _torch()
-    return {k: torch.from_numpy(v) for k, v in to_numpy_state_dict(model).items()}
+    return {k: torch.from_numpy(np.array(v)) for k, v in to_numpy_state_dict(model).items()}

@@ -1,0 +1,94 @@
+"""Weight conversion: PyTorch -> JAX -> PyTorch, the convert command, and clear failures."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from medmamba_jax import convert, from_torch, to_torch_state_dict
+from medmamba_jax.checkpoints import load_model
+from medmamba_jax.params import CheckpointError, load_torch_state_dict
+from numerics import DATA
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    return torch.load(DATA / "tiny.pth", map_location="cpu", weights_only=True)
+
+
+def test_round_trip_is_exact(state_dict):
+    exported = to_torch_state_dict(from_torch(state_dict))
+    assert set(exported) == set(state_dict)
+    for key, value in state_dict.items():
+        assert exported[key].dtype == value.dtype, key
+        assert torch.equal(exported[key], value), key
+
+
+def test_wrapped_and_data_parallel_state_dicts_load(state_dict):
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in state_dict.items()}}
+    assert from_torch(wrapped).config.dims == (16, 32, 64, 128)
+
+
+def test_every_bad_key_is_reported_at_once(state_dict):
+    broken = dict(state_dict)
+    del broken["layers.1.blocks.0.ln_1.bias"]
+    broken["layers.0.blocks.0.extra.weight"] = torch.zeros(3)
+    broken["layers.2.blocks.1.self_attention.Ds"] = torch.zeros(7)
+    broken["head.bias"] = torch.zeros(4)
+    with pytest.raises(CheckpointError) as info:
+        from_torch(broken)
+    message = str(info.value)
+    for key in (
+        "layers.1.blocks.0.ln_1.bias",
+        "layers.0.blocks.0.extra.weight",
+        "layers.2.blocks.1.self_attention.Ds: checkpoint (7,), model wants (256,)",
+        "head.bias: checkpoint (4,), model wants (5,)",
+    ):
+        assert key in message
+    assert "1 missing keys" in message and "1 unexpected keys" in message and "2 mis-shaped keys" in message
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"hello, I am a text file", "not a PyTorch checkpoint"),
+        (None, "corrupt or truncated"),
+    ],
+)
+def test_unreadable_files_give_one_line(tmp_path, content, expected):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content if content is not None else (DATA / "tiny.pth").read_bytes()[:300_000])
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_torch_state_dict(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_non_medmamba_state_dict_is_named(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7)}, path)
+    with pytest.raises(CheckpointError, match="not a MedMamba state dict"):
+        from_torch(path)
+
+
+def test_missing_torch_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match="pip install torch"):
+        load_torch_state_dict(DATA / "tiny.pth")
+
+
+def test_convert_command_writes_a_loadable_model(tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert convert.main([str(DATA / "tiny.pth"), str(out)]) == 0
+    assert "num_classes=5" in capsys.readouterr().out
+    golden = np.load(DATA / "tiny.npz")
+    x = golden["x_nchw"].transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(load_model(out)(x), from_torch(DATA / "tiny.pth")(x))
+
+
+def test_convert_command_fails_cleanly(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("nope")
+    assert convert.main([str(bad), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,134 @@
+"""MedMamba against the upstream PyTorch model's golden vectors, plus structural checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from medmamba_jax import from_torch
+from medmamba_jax.models import (
+    MedMamba,
+    PatchMerging2D,
+    channel_shuffle,
+    count_params,
+    medmamba_b,
+    medmamba_s,
+    medmamba_t,
+)
+from numerics import DATA, SHARED_PARITY, rel_err
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(DATA / "tiny.npz"))
+
+
+@pytest.fixture(scope="module")
+def tiny(golden):
+    # The golden vectors were made with drop_path_rate=0, so train mode is deterministic.
+    return from_torch(DATA / "tiny.pth", drop_path_rate=0.0)
+
+
+def nhwc(x_nchw):
+    return jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize(
+    "factory,expected", [(medmamba_t, 15_221_608), (medmamba_s, 19_389_544), (medmamba_b, 40_883_688)]
+)
+def test_parameter_counts_match_upstream(factory, expected):
+    model = nnx.eval_shape(lambda: factory(1000, rngs=nnx.Rngs(0)))
+    assert count_params(model) == expected
+
+
+def test_config_inferred_from_shapes(tiny, golden):
+    cfg = tiny.config
+    assert cfg.depths == tuple(golden["config_depths"])
+    assert cfg.dims == tuple(golden["config_dims"])
+    assert cfg.num_classes == int(golden["config_num_classes"])
+    assert cfg.d_state == int(golden["config_d_state"])
+
+
+def test_eval_logits_and_intermediates(tiny, golden):
+    tiny.eval()
+    x = nhwc(golden["x_nchw"])
+    assert rel_err(tiny(x), golden["logits_eval"]) <= TOL
+    intermediates = tiny.intermediates(x)
+    expected_keys = {k for k in golden if k.startswith(("patch_embed", "stage"))}
+    assert set(intermediates) == expected_keys
+    for name in expected_keys:
+        assert rel_err(intermediates[name], golden[name]) <= TOL, name
+
+
+def test_first_ssm_branch(tiny, golden):
+    block = tiny.layers[0].blocks[0]
+    _, right = jnp.split(jnp.asarray(golden["patch_embed"]), 2, axis=-1)
+    ssm_in = block.ln_1(right)
+    assert rel_err(ssm_in, golden["block0_ssm_in"]) <= TOL
+    assert rel_err(block.self_attention(ssm_in), golden["block0_ssm_out"]) <= TOL
+
+
+def test_train_mode_uses_batch_statistics(tiny, golden):
+    tiny.train()
+    try:
+        logits = tiny(nhwc(golden["x_nchw"]))
+    finally:
+        tiny.eval()
+    assert rel_err(logits, golden["logits_train"]) <= TOL
+    assert rel_err(logits, golden["logits_eval"]) > 1e-3  # the two modes really differ
+
+
+def test_scan_impls_agree_in_the_whole_model(golden):
+    x = nhwc(golden["x_nchw"])
+    reference = from_torch(DATA / "tiny.pth", scan_impl="reference")(x)
+    associative = from_torch(DATA / "tiny.pth", scan_impl="associative")(x)
+    assert rel_err(associative, reference) <= 1e-5
+
+
+def test_stochastic_depth_only_in_train_mode():
+    model = MedMamba((1, 1), (8, 16), num_classes=3, drop_path_rate=0.9, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))
+    model.train()
+    assert not np.allclose(model(x), model(x))  # a fresh mask per call
+
+
+def test_odd_sizes_drop_the_last_row_and_column():
+    merge = PatchMerging2D(4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 7, 5, 4))
+    out = merge(x)
+    assert out.shape == (1, 3, 2, 8)
+    np.testing.assert_allclose(out, merge(x[:, :6, :4]), rtol=0, atol=0)
+    model = MedMamba((1, 1, 1), (8, 16, 32), num_classes=2, rngs=nnx.Rngs(0))
+    assert model(jnp.ones((1, 36, 44, 3))).shape == (1, 2)
+
+
+def test_channel_shuffle_interleaves_halves():
+    left, right = jnp.arange(3.0), 10 + jnp.arange(3.0)
+    shuffled = channel_shuffle(jnp.concatenate([left, right])[None], 2)
+    np.testing.assert_array_equal(shuffled[0], [0, 10, 1, 11, 2, 12])
+
+
+def test_bad_input_shape_is_explained(tiny):
+    with pytest.raises(ValueError, match="expected NHWC input with 3 channels"):
+        tiny(jnp.ones((1, 3, 64, 64)))
+
+
+@pytest.mark.skipif(
+    not (SHARED_PARITY / "medmamba_t.pth").exists(),
+    reason="full-size MedMamba-T golden (58 MB) lives in ../shared/parity, absent here",
+)
+def test_medmamba_t_full_size_parity():
+    golden = np.load(SHARED_PARITY / "medmamba_t.npz")
+    model = from_torch(SHARED_PARITY / "medmamba_t.pth")
+    assert model.config.depths == (2, 2, 4, 2) and model.config.num_classes == 9
+    x = nhwc(golden["x_nchw"])
+    forward = nnx.jit(lambda m, x: (m(x), m.intermediates(x)))
+    logits, intermediates = forward(model, x)
+    assert rel_err(logits, golden["logits_eval"]) <= TOL
+    for name, value in intermediates.items():
+        assert rel_err(value, golden[name]) <= TOL, name
