@@ -1,0 +1,125 @@
+"""MedMamba speed and memory for each selective-scan implementation.
+
+    python benchmarks/bench_model.py [--model medmamba_t] [--image-size 224] \
+        [--impls associative,reference] [--out results.json]
+
+For every scan impl, a fresh subprocess builds the model and reports, as JSON:
+compile time of the train step, forward time at batch 1 and 8, train-step time at
+batch 8, and the peak resident memory of the process (ru_maxrss), which includes
+the compiled train step at batch 8. Each impl gets its own process so that peaks
+do not mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _timed(fn, *args, repeats: int):
+    """Median wall time of ``fn(*args)`` over ``repeats`` runs, after one warm-up."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from medmamba_jax.models import VARIANTS
+
+    model = VARIANTS[model_name](num_classes=9, scan_impl=impl, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-4, weight_decay=1e-4), wrt=nnx.Param)
+    images = jax.random.normal(jax.random.key(0), (batch, image_size, image_size, 3))
+    labels = jnp.arange(batch) % 9
+
+    @nnx.jit
+    def forward(model, x):
+        return model(x)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    model.train()
+    start = time.perf_counter()
+    jax.block_until_ready(train_step(model, optimizer, images, labels))
+    compile_s = time.perf_counter() - start
+    step_s = _timed(train_step, model, optimizer, images, labels, repeats=repeats)
+    model.eval()
+    forward_s = {
+        f"forward_b{b}_s": _timed(forward, model, images[:b], repeats=repeats) for b in sorted({1, batch})
+    }
+    return {
+        "impl": impl,
+        "train_step_compile_s": round(compile_s, 2),
+        **{k: round(v, 4) for k, v in forward_s.items()},
+        f"train_step_b{batch}_s": round(step_s, 3),
+        f"train_images_per_s_b{batch}": round(batch / step_s, 2),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="medmamba_t")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impls", default="associative,reference")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.model, args.child, args.image_size, args.batch, args.repeats)))
+        return
+
+    import jax
+
+    results = {
+        "model": args.model,
+        "image_size": args.image_size,
+        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "runs": [],
+    }
+    for impl in args.impls.split(","):
+        cmd = [sys.executable, __file__, "--child", impl, "--model", args.model,
+               "--image-size", str(args.image_size), "--batch", str(args.batch), "--repeats", str(args.repeats)]
+        print(f"measuring {impl} ...", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            results["runs"].append({"impl": impl, "error": done.stderr.strip().splitlines()[-1:]})
+            continue
+        results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
