@@ -1,0 +1,270 @@
+"""Pallas kernel bodies for the selective scan (forward and adjoint).
+
+Every kernel instance ("program") owns one batch row ``i``, one direction/group ``k``
+and one tile of ``TD`` channels of that group. It walks the whole sequence with the
+state ``h`` (TD, N) held in registers, so the (batch, K*D, L, N) tensors never exist in
+memory. Refs seen by a program (leading grid axes squeezed away):
+
+* ``u``, ``delta``, ``dy``, ``du``, ``ddelta``, ``y``: (TD, L)
+* ``A``: (TD, N); ``D``, ``bias``: (TD,)
+* ``B``, ``C``: (N, L) — the group's B/C, shared by all its channel tiles
+* ``hs``: (n_chunks, TD, N) — the state at the start of each checkpoint chunk
+* ``dB``, ``dC``: (N, L) — this tile's partial sums over its channels
+
+Positions are addressed in *scan order* ``s``; direction ``k >= rev_from`` maps it to
+``t = L - 1 - s``, which serves SS2D's backward directions without flipped copies.
+
+The sequence is cut into segments of ``seg`` steps (unrolled in Python so the loads
+of a segment are issued together and their latency overlaps) and checkpoint chunks of
+``seg * ckpt_segs`` steps. The L % seg leftover steps ("tail") run one at a time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+f32 = jnp.float32
+LOG2_E = 1.4426950408889634
+
+
+class Geometry(NamedTuple):
+    """Static description of one scan launch."""
+
+    length: int  # L
+    seg: int  # steps per unrolled segment
+    ckpt_segs: int  # segments per checkpoint chunk
+    rev_from: int  # directions k >= rev_from run backwards
+    softplus: bool
+
+    @property
+    def chunk(self) -> int:
+        return self.seg * self.ckpt_segs
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.length // self.chunk)
+
+    @property
+    def tail_start(self) -> int:
+        """First scan position not covered by a full segment."""
+        return (self.length // self.seg) * self.seg
+
+
+class StepIn(NamedTuple):
+    """Inputs of one position, in float32: u, dt, sig (d dt / d delta) are (TD,); b, c are (N,)."""
+
+    u: jax.Array
+    dt: jax.Array
+    sig: jax.Array | float
+    b: jax.Array
+    c: jax.Array
+
+
+class Params(NamedTuple):
+    """Per-program constants: A and A*log2(e) (TD, N), skip D (TD,), delta bias (TD,)."""
+
+    A: jax.Array
+    A2: jax.Array
+    skip: jax.Array
+    bias: jax.Array
+
+
+def _dt(raw: jax.Array, bias: jax.Array, softplus: bool):
+    """dt = softplus(raw + bias) and its derivative, in a form stable for any sign."""
+    x = raw + bias
+    if not softplus:
+        return x, 1.0
+    sp = jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    return sp, jnp.exp(x - sp)  # sigmoid(x) = e^x / (1 + e^x) = exp(x - softplus(x))
+
+
+def _direction(geo: Geometry):
+    """Returns s -> t, mapping scan position s to this program's memory position t.
+
+    Called at the kernel's top level: program_id must not be read inside loop bodies
+    (the interpreter only substitutes it there)."""
+    rev = pl.program_id(1) >= geo.rev_from
+    return lambda s: jnp.where(rev, geo.length - 1 - s, s)
+
+
+def _params(a_ref, d_ref, bias_ref) -> Params:
+    A = a_ref[...].astype(f32)
+    # exp(dt A) = exp2(dt A log2 e): exp2 maps to the hardware's ex2 with less range reduction.
+    return Params(A, A * LOG2_E, d_ref[...].astype(f32), bias_ref[...].astype(f32))
+
+
+def _load(refs, t, p: Params, geo: Geometry) -> StepIn:
+    u_ref, dl_ref, b_ref, c_ref = refs
+    dt, sig = _dt(dl_ref[:, t].astype(f32), p.bias, geo.softplus)
+    return StepIn(u_ref[:, t].astype(f32), dt, sig, b_ref[:, t].astype(f32), c_ref[:, t].astype(f32))
+
+
+def _advance(h: jax.Array, x: StepIn, p: Params):
+    """One recurrence step; returns (exp(dt A), new state), both (TD, N)."""
+    decay = jnp.exp2(x.dt[:, None] * p.A2)
+    return decay, decay * h + (x.dt * x.u)[:, None] * x.b[None, :]
+
+
+def _run_states(refs, pos, h, start, stop, p: Params, geo: Geometry):
+    """State after scan positions [start, stop), one dynamic step at a time."""
+
+    def body(s, h):
+        return _advance(h, _load(refs, pos(s), p, geo), p)[1]
+
+    return jax.lax.fori_loop(start, stop, body, h)
+
+
+def _run_segments(refs, pos, h, start, n_seg, p: Params, geo: Geometry):
+    """State after n_seg whole segments from scan position start, each unrolled with
+    its loads issued first so that their latencies overlap."""
+
+    def body(i, h):
+        s0 = start + i * geo.seg
+        xs = [_load(refs, pos(s0 + j), p, geo) for j in range(geo.seg)]
+        for x in xs:
+            h = _advance(h, x, p)[1]
+        return h
+
+    return jax.lax.fori_loop(0, n_seg, body, h)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, hs_ref, *, geo: Geometry):
+    """y (TD, L) and the chunk-start states hs (n_chunks, TD, N)."""
+    p = _params(a_ref, d_ref, bias_ref)
+    refs = (u_ref, dl_ref, b_ref, c_ref)
+    pos = _direction(geo)
+
+    def step(s, h):
+        t = pos(s)
+        x = _load(refs, t, p, geo)
+        _, h = _advance(h, x, p)
+        # A product-and-sum rather than a dot: exact fp32 on every backend.
+        y_ref[:, t] = (jnp.sum(h * x.c[None, :], axis=1) + p.skip * x.u).astype(y_ref.dtype)
+        return h
+
+    def segment(i, h):
+        # Unrolled, all loads before any store: loads cannot move past stores to refs
+        # that might alias, so this order lets the segment's load latencies overlap.
+        ts = [pos(i * geo.seg + j) for j in range(geo.seg)]
+        xs = [_load(refs, t, p, geo) for t in ts]
+        ys = []
+        for x in xs:
+            _, h = _advance(h, x, p)
+            ys.append(jnp.sum(h * x.c[None, :], axis=1) + p.skip * x.u)
+        for t, y in zip(ts, ys):
+            y_ref[:, t] = y.astype(y_ref.dtype)
+        return h
+
+    def chunk(c, h):
+        hs_ref[c] = h
+        first = c * geo.ckpt_segs
+        last = jnp.minimum(first + geo.ckpt_segs, geo.length // geo.seg)
+        return jax.lax.fori_loop(first, last, segment, h)
+
+    h = jnp.zeros(a_ref.shape, f32)
+    h = jax.lax.fori_loop(0, geo.n_chunks, chunk, h)
+    jax.lax.fori_loop(geo.tail_start, geo.length, step, h)
+
+
+# ----------------------------------------------------------------------------- adjoint
+
+
+class Adj(NamedTuple):
+    """Adjoint carry: q = exp(dt_{s+1} A) * dh_{s+1} (TD, N) and the per-program sums."""
+
+    q: jax.Array
+    dA: jax.Array  # (TD, N)
+    dD: jax.Array  # (TD,)
+    dbias: jax.Array  # (TD,)
+
+
+def _adjoint_step(out_refs, t, x: StepIn, h_prev, decay, h, carry: Adj, g, p: Params) -> Adj:
+    """Backpropagates through position t given its states; writes du, ddelta, dB, dC at t."""
+    du_ref, ddl_ref, db_ref, dc_ref = out_refs
+    dh = g[:, None] * x.c[None, :] + carry.q  # d loss / d h_t, (TD, N)
+    dc_ref[:, t] = jnp.sum(g[:, None] * h, axis=0)
+    db_ref[:, t] = jnp.sum(dh * (x.dt * x.u)[:, None], axis=0)
+    dh_b = jnp.sum(dh * x.b[None, :], axis=1)
+    w = dh * decay * h_prev  # shared by d dt (through exp(dt A)) and dA
+    ddt = x.u * dh_b + jnp.sum(w * p.A, axis=1)
+    ddelta = ddt * x.sig
+    du_ref[:, t] = (x.dt * dh_b + p.skip * g).astype(du_ref.dtype)
+    ddl_ref[:, t] = ddelta.astype(ddl_ref.dtype)
+    return Adj(decay * dh, carry.dA + x.dt[:, None] * w, carry.dD + g * x.u, carry.dbias + ddelta)
+
+
+def backward_kernel(
+    u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, hs_ref, dy_ref,
+    du_ref, ddl_ref, da_ref, dd_ref, dbias_ref, db_ref, dc_ref, *, geo: Geometry,
+):  # fmt: skip
+    """Reverse scan: recomputes states from the checkpoints, then runs the adjoint."""
+    p = _params(a_ref, d_ref, bias_ref)
+    refs = (u_ref, dl_ref, b_ref, c_ref)
+    out_refs = (du_ref, ddl_ref, db_ref, dc_ref)
+    pos = _direction(geo)
+
+    def adjoint_at(s, h_prev, carry: Adj) -> Adj:
+        t = pos(s)
+        x = _load(refs, t, p, geo)
+        decay, h = _advance(h_prev, x, p)
+        return _adjoint_step(out_refs, t, x, h_prev, decay, h, carry, dy_ref[:, t].astype(f32), p)
+
+    def segment(h0, s0, carry: Adj) -> Adj:
+        # Forward through the segment keeping every state in registers, then walk back.
+        # All loads come before the first store (see forward_kernel.segment).
+        ts = [pos(s0 + j) for j in range(geo.seg)]
+        xs = [_load(refs, t, p, geo) for t in ts]
+        gs = [dy_ref[:, t].astype(f32) for t in ts]
+        decays, states = [], [h0]
+        for x in xs:
+            decay, h = _advance(states[-1], x, p)
+            decays.append(decay)
+            states.append(h)
+        for j in reversed(range(geo.seg)):
+            carry = _adjoint_step(out_refs, ts[j], xs[j], states[j], decays[j], states[j + 1], carry, gs[j], p)
+        return carry
+
+    def chunk(i, carry: Adj) -> Adj:
+        c = geo.n_chunks - 1 - i
+        start = c * geo.chunk
+        n_seg = jnp.minimum(geo.ckpt_segs, (geo.length - start) // geo.seg)
+
+        def one_segment(m_rev, carry):
+            m = n_seg - 1 - m_rev
+            # Re-derive the segment's start state from the chunk checkpoint (free when ckpt_segs == 1).
+            h_m = _run_segments(refs, pos, hs_ref[c], start, m, p, geo)
+            return segment(h_m, start + m * geo.seg, carry)
+
+        return jax.lax.fori_loop(0, n_seg, one_segment, carry)
+
+    zeros = jnp.zeros(a_ref.shape, f32)
+    carry = Adj(zeros, zeros, jnp.zeros(d_ref.shape, f32), jnp.zeros(d_ref.shape, f32))
+    carry = _tail_adjoint(refs, pos, hs_ref, carry, adjoint_at, p, geo)
+    carry = jax.lax.fori_loop(0, geo.n_chunks, chunk, carry)
+    da_ref[...] = carry.dA
+    dd_ref[...] = carry.dD
+    dbias_ref[...] = carry.dbias
+
+
+def _tail_adjoint(refs, pos, hs_ref, carry: Adj, adjoint_at, p: Params, geo: Geometry) -> Adj:
+    """Adjoint of the last L % seg positions; each state is recomputed (fewer than seg steps)."""
+    n_tail = geo.length - geo.tail_start
+    if n_tail == 0:
+        return carry
+    last_chunk_start = (geo.n_chunks - 1) * geo.chunk
+    n_seg = (geo.tail_start - last_chunk_start) // geo.seg
+    h_tail = _run_segments(refs, pos, hs_ref[geo.n_chunks - 1], last_chunk_start, n_seg, p, geo)
+
+    def body(i, carry):
+        s = geo.length - 1 - i
+        h_prev = _run_states(refs, pos, h_tail, geo.tail_start, s, p, geo)
+        return adjoint_at(s, h_prev, carry)
+
+    return jax.lax.fori_loop(0, n_tail, body, carry)

@@ -1,0 +1,264 @@
+"""Selective scan as a fused Pallas kernel (Triton lowering on GPU, interpreter elsewhere).
+
+Public functions:
+
+* :func:`selective_scan_pallas` — same contract as ``selective_scan_reference``.
+* :func:`cross_selective_scan_pallas` — SS2D's four directions, same contract as
+  ``medmamba_jax.ops.cross_selective_scan``; the two backward directions walk the
+  sequence from the end inside the kernel instead of reading flipped copies.
+
+The backward pass is a ``jax.custom_vjp``: the forward kernel saves only the state at
+the start of every checkpoint chunk (``seg * ckpt_segs`` steps); the backward kernel
+recomputes the states chunk by chunk in registers and runs the adjoint as a reverse
+scan. Reductions over batch (dA, dD, d bias) and over the channel tiles of a group
+(dB, dC) are per-program partial sums, added up here with plain XLA reductions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from medmamba_jax.ops.pallas_kernels import Geometry, backward_kernel, forward_kernel
+from medmamba_jax.ops.selective_scan import check_shapes
+
+# None: interpret exactly when the default backend is not a GPU. Tests may force True.
+INTERPRET: bool | None = None
+
+try:  # the GPU-specific compiler parameters; absent in CPU-only installs of old versions
+    from jax.experimental.pallas import triton as _plgpu
+except ImportError:  # pragma: no cover
+    _plgpu = None
+
+_SQUEEZED = getattr(pl, "squeezed", None)  # None was the pre-0.7 spelling
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanConfig:
+    """Tuning knobs. ``tile``: max channels per program (a power of two); ``seg``: steps
+    unrolled per segment; ``ckpt_segs``: segments per checkpoint chunk (memory of the
+    saved states is L*N/(seg*ckpt_segs) floats per channel); ``num_warps``: Triton warps."""
+
+    # Measured on an H100 (benchmarks/RESULTS.md): within 10% of the best tried at every
+    # MedMamba-T stage shape, and the shortest Triton compile of those tried.
+    tile: int = 32
+    seg: int = 4
+    ckpt_segs: int = 4
+    num_warps: int = 4
+    bwd_tile: int | None = None  # the adjoint keeps more live state; may want smaller tiles
+
+
+DEFAULT_CONFIG = ScanConfig()
+
+
+def _interpret() -> bool:
+    return INTERPRET if INTERPRET is not None else jax.default_backend() != "gpu"
+
+
+def _pow2_tile(dim: int, cap: int) -> int:
+    """The power of two <= cap that pads dim least (ties go to the larger tile)."""
+    best, best_pad = 1, dim
+    t = 1
+    while t <= cap:
+        padded = -(-dim // t) * t
+        if padded <= best_pad:
+            best, best_pad = t, padded
+        t *= 2
+    return best
+
+
+class _Plan:
+    """Shapes and launch parameters of one call. Arrays use the grouped layout:
+    u (b, Gu, Dp, L), delta/y (b, K, Dp, L), A (K, Dp, N), D/bias (K, Dp), B/C (b, K, N, L)."""
+
+    def __init__(self, u, delta, B, config: ScanConfig, rev_from: int, softplus: bool, tile: int):
+        self.batch, self.groups_u, self.dim, self.length = u.shape
+        self.groups, self.n_state = B.shape[1], B.shape[2]
+        self.tile = tile
+        self.n_tiles = self.dim // tile
+        self.geo = Geometry(self.length, max(1, min(config.seg, self.length)), config.ckpt_segs, rev_from, softplus)
+        self.num_warps = config.num_warps
+        self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
+
+    @property
+    def grid(self):
+        return (self.batch, self.groups, self.n_tiles)
+
+    def specs(self):
+        """BlockSpecs of the shared inputs u, delta, A, B, C, D, bias."""
+        sq, td, L, n, gu = _SQUEEZED, self.tile, self.length, self.n_state, self.groups_u
+        return [
+            pl.BlockSpec((sq, sq, td, L), lambda i, k, j: (i, k % gu, j, 0)),
+            pl.BlockSpec((sq, sq, td, L), lambda i, k, j: (i, k, j, 0)),
+            pl.BlockSpec((sq, td, n), lambda i, k, j: (k, j, 0)),
+            pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
+            pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
+            pl.BlockSpec((sq, td), lambda i, k, j: (k, j)),
+            pl.BlockSpec((sq, td), lambda i, k, j: (k, j)),
+        ]
+
+    def hs_spec(self):
+        sq = _SQUEEZED
+        return pl.BlockSpec((sq, sq, self.geo.n_chunks, self.tile, self.n_state), lambda i, k, j: (i, k, 0, j, 0))
+
+    def call(self, kernel, in_specs, out_specs, out_shape):
+        params = None
+        if _plgpu is not None and not _interpret():
+            params = _plgpu.CompilerParams(num_warps=self.num_warps, num_stages=1)
+        return pl.pallas_call(
+            functools.partial(kernel, geo=self.geo),
+            grid=self.grid,
+            in_specs=in_specs,
+            out_specs=out_specs,
+            out_shape=out_shape,
+            interpret=_interpret(),
+            compiler_params=params,
+        )
+
+
+def _forward(plan: _Plan, args):
+    b, k, dp, L, n = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state
+    sq = _SQUEEZED
+    out_shape = (
+        jax.ShapeDtypeStruct((b, k, dp, L), jnp.float32),
+        jax.ShapeDtypeStruct((b, k, plan.geo.n_chunks, dp, n), jnp.float32),
+    )
+    out_specs = (pl.BlockSpec((sq, sq, plan.tile, L), lambda i, kk, j: (i, kk, j, 0)), plan.hs_spec())
+    return plan.call(forward_kernel, plan.specs(), out_specs, out_shape)(*args)
+
+
+def _backward(plan: _Plan, args, hs, dy):
+    b, k, dp, L, n, nt, td = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state, plan.n_tiles, plan.tile
+    sq = _SQUEEZED
+    per_dir = pl.BlockSpec((sq, sq, td, L), lambda i, kk, j: (i, kk, j, 0))
+    # When u is shared by two directions (SS2D), each direction writes its own du in fp32.
+    du_dtype = plan.u_dtype if plan.groups_u == k else jnp.float32
+    f32 = jnp.float32
+    out_shape = (
+        jax.ShapeDtypeStruct((b, k, dp, L), du_dtype),
+        jax.ShapeDtypeStruct((b, k, dp, L), plan.delta_dtype),
+        jax.ShapeDtypeStruct((b, k, dp, n), f32),
+        jax.ShapeDtypeStruct((b, k, dp), f32),
+        jax.ShapeDtypeStruct((b, k, dp), f32),
+        jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
+        jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
+    )
+    vec = pl.BlockSpec((sq, sq, td), lambda i, kk, j: (i, kk, j))
+    part = pl.BlockSpec((sq, sq, sq, n, L), lambda i, kk, j: (i, kk, j, 0, 0))
+    out_specs = (
+        per_dir,
+        per_dir,
+        pl.BlockSpec((sq, sq, td, n), lambda i, kk, j: (i, kk, j, 0)),
+        vec,
+        vec,
+        part,
+        part,
+    )
+    in_specs = plan.specs() + [plan.hs_spec(), per_dir]
+    return plan.call(backward_kernel, in_specs, out_specs, out_shape)(*args, hs, dy)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplus: bool):
+    """Grouped-layout scan (see _Plan); returns y (b, K, Dp, L) float32."""
+    return _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus)[0]
+
+
+def _make_plan(u, delta, B, config, rev_from, softplus, backward=False) -> _Plan:
+    cap = (config.bwd_tile or config.tile) if backward else config.tile
+    return _Plan(u, delta, B, config, rev_from, softplus, _pow2_tile(u.shape[2], cap))
+
+
+def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
+    args = (u, delta, A, B, C, D, bias)
+    plan = _make_plan(u, delta, B, config, rev_from, softplus)
+    y, hs = _forward(plan, args)  # hs's layout does not depend on the tile
+    return y, (args, hs)
+
+
+def _scan_bwd(config, rev_from, softplus, res, dy):
+    args, hs = res
+    u, delta, A, B, C, D, bias = args
+    plan = _make_plan(u, delta, B, config, rev_from, softplus, backward=True)
+    du, ddelta, dA, dD, dbias, dB, dC = _backward(plan, args, hs, dy)
+    if plan.groups_u != plan.groups:  # directions k and k + Gu read the same sequence
+        du = du.reshape(du.shape[0], -1, plan.groups_u, *du.shape[2:]).sum(axis=1)
+    cast = lambda g, x: g.astype(x.dtype)  # noqa: E731
+    return (
+        cast(du, u),
+        cast(ddelta, delta),
+        cast(dA.sum(axis=0), A),
+        cast(dB.sum(axis=2), B),
+        cast(dC.sum(axis=2), C),
+        cast(dD.sum(axis=0), D),
+        cast(dbias.sum(axis=0), bias),
+    )
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Zero-pads one axis up to size. Zero channels/states stay exactly zero in the scan."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, config):
+    """Pads channels to the tile and N to a power of two, runs the kernel, crops y.
+
+    u: (b, Gu, D, L); delta: (b, K, D, L); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K, D).
+    """
+    dim, n = delta.shape[2], A.shape[2]
+    # Both tiles are powers of two, so padding to the larger one suits both kernels.
+    widest = max(_pow2_tile(dim, config.tile), _pow2_tile(dim, config.bwd_tile or config.tile))
+    dp = -(-dim // widest) * widest
+    n_p = pl.next_power_of_2(n)  # Triton tensors must have power-of-two sizes
+    u, delta, D, bias = (_pad_axis(x, 2 if x.ndim == 4 else 1, dp) for x in (u, delta, D, bias))
+    A = _pad_axis(_pad_axis(A, 1, dp), 2, n_p)
+    B, C = _pad_axis(B, 2, n_p), _pad_axis(C, 2, n_p)
+    y = _scan(u, delta, A, B, C, D, bias, config, rev_from, softplus)
+    return y[:, :, :dim]
+
+
+def selective_scan_pallas(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = False,
+    config: ScanConfig | None = None,
+) -> jax.Array:  # fmt: skip
+    """Fused selective scan. u, delta: (b, K*D, L); A: (K*D, N); B, C: (b, K, N, L);
+    D, delta_bias: (K*D,) or None. Returns y (b, K*D, L) float32.
+    ``config`` None means the module's DEFAULT_CONFIG at call time."""
+    batch, groups, dim, n, length = check_shapes(u, delta, A, B, C, D, delta_bias)
+    grouped = (batch, groups, dim, length)
+    zeros = jnp.zeros((groups * dim,), jnp.float32)
+    D = zeros if D is None else D
+    delta_bias = zeros if delta_bias is None else delta_bias
+    y = _grouped_call(
+        u.reshape(grouped), delta.reshape(grouped), A.reshape(groups, dim, n), B, C,
+        D.reshape(groups, dim), delta_bias.reshape(groups, dim),
+        groups=groups, softplus=delta_softplus, rev_from=groups, config=config or DEFAULT_CONFIG,
+    )  # fmt: skip
+    return y.reshape(batch, groups * dim, length)
+
+
+def cross_selective_scan_pallas(
+    u2, delta, A, B, C, D, delta_bias, config: ScanConfig | None = None
+) -> jax.Array:
+    """SS2D scan. u2: (b, 2, D, L); delta: (b, 4, D, L); A: (4D, N); B, C: (b, 4, N, L);
+    D, delta_bias: (4D,). Direction k reads u2[:, k % 2]; k = 2, 3 run from the end.
+    All in forward order. Returns y (b, 4, D, L) float32."""
+    batch, _, dim, length = u2.shape
+    if u2.shape[1] != 2 or delta.shape != (batch, 4, dim, length):
+        raise ValueError(f"expected u2 (b,2,D,L) and delta (b,4,D,L), got {u2.shape}, {delta.shape}")
+    check_shapes(delta.reshape(batch, 4 * dim, length), delta.reshape(batch, 4 * dim, length), A, B, C, D, delta_bias)
+    return _grouped_call(
+        u2, delta, A.reshape(4, dim, -1), B, C, D.reshape(4, dim), delta_bias.reshape(4, dim),
+        groups=4, softplus=True, rev_from=2, config=config or DEFAULT_CONFIG,
+    )  # fmt: skip
