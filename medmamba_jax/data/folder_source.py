@@ -1,0 +1,65 @@
+"""Image folders ``root/{train,val,test}/<class>/*.png`` through tensorflow-datasets' ImageFolder.
+
+The class list is the sorted class folders of ``train``; a class folder in ``val`` or
+``test`` that training never saw is an error rather than a silently shifted label.
+Images are decoded to RGB and resized once, at load time, to ``image_size``, so a
+split becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from medmamba_jax.data.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def _builder(root: str):
+    # ImageFolder lists and decodes files with TensorFlow; keep its logging quiet.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow_datasets as tfds
+
+    if not os.path.isdir(root):
+        raise DataError(f"image-folder root {root!r} is not a directory (expected {root}/train/<class>/*.png)")
+    return tfds.ImageFolder(root)
+
+
+def _class_names(root: str, split: str) -> list[str]:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        return []
+    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+
+
+def class_names(root: str) -> list[str]:
+    """The training classes, which define the label indices for every split."""
+    names = _class_names(os.path.expanduser(root), "train")
+    if not names:
+        raise DataError(f"image folder {root}/train has no class folders")
+    return names
+
+
+def load(root: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, image_size, image_size, 3) uint8 images and (N,) int64 labels of one split."""
+    root = os.path.expanduser(root)
+    builder = _builder(root)
+    names = class_names(root)
+    unknown = sorted(set(_class_names(root, split)) - set(names))
+    if unknown:
+        raise DataError(f"image folder {root}/{split} has classes {unknown} outside the training classes {names}")
+    split_info = builder.info.splits[split] if split in builder.info.splits else None
+    if split_info is None or split_info.num_examples == 0:
+        raise DataError(f"image folder {root}/{split} has no images (.png, .jpg or .jpeg under <class>/ folders)")
+    import tensorflow_datasets as tfds
+
+    tfds_names = builder.info.features["label"].names
+    images, labels = [], []
+    for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+        image = Image.fromarray(example["image"]).resize((image_size, image_size), Image.BILINEAR)
+        images.append(np.asarray(image, np.uint8))
+        labels.append(names.index(tfds_names[example["label"]]))
+    return np.stack(images), np.asarray(labels, np.int64)

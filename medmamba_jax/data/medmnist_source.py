@@ -1,0 +1,127 @@
+"""MedMNIST through the ``medmnist`` package: official file names, splits, labels and MD5s.
+
+Files are ``{data_dir}/{flag}.npz`` at size 28 and ``{data_dir}/{flag}_{size}.npz`` otherwise,
+each with ``{split}_images`` (N, H, W[, 3]) uint8 and ``{split}_labels`` (N, L) arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+from medmamba_jax.data.errors import DataError
+
+SIZES = (28, 64, 128, 224)
+
+
+def _medmnist():
+    # medmnist imports torch through its Dataset base class; only pay for it when used.
+    import medmnist
+
+    return medmnist
+
+
+def info(flag: str) -> dict[str, Any]:
+    """medmnist.INFO[flag] for a 2D dataset, or a DataError naming the valid flags."""
+    all_info = _medmnist().INFO
+    flags_2d = sorted(f for f, i in all_info.items() if not i["python_class"].endswith("3D"))
+    if flag not in flags_2d:
+        raise DataError(f"unknown dataset {flag!r}: use 'folder' or a 2D MedMNIST flag, one of {flags_2d}")
+    return all_info[flag]
+
+
+def _size_flag(size: int) -> str:
+    if size not in SIZES:
+        raise DataError(f"MedMNIST size must be one of {SIZES}, got {size}")
+    return "" if size == 28 else f"_{size}"
+
+
+def npz_path(data_dir: str, flag: str, size: int) -> str:
+    return os.path.join(os.path.expanduser(data_dir), f"{flag}{_size_flag(size)}.npz")
+
+
+def url_and_md5(flag: str, size: int) -> tuple[str, str]:
+    entry, suffix = info(flag), _size_flag(size)
+    return entry[f"url{suffix}"], entry[f"MD5{suffix}"]
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(flag: str, size: int, data_dir: str) -> str:
+    """Downloads ``flag`` at ``size`` into ``data_dir`` unless present; returns the path.
+
+    The file is written under a temporary name and renamed only once its MD5 matches,
+    so an interrupted or corrupted download never leaves a file that looks complete.
+    """
+    path = npz_path(data_dir, flag, size)
+    if os.path.exists(path):
+        return path
+    url, md5 = url_and_md5(flag, size)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            while block := response.read(1 << 20):
+                out.write(block)
+        if (got := _md5(tmp)) != md5:
+            raise DataError(f"download of {url} has MD5 {got}, expected {md5}; try again")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise DataError(f"could not download {url} to {path}: {err}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _missing_message(path: str, flag: str, size: int) -> str:
+    url, md5 = url_and_md5(flag, size)
+    root = os.path.dirname(path)
+    return (
+        f"MedMNIST file {path} not found. Download it from {url} (MD5 {md5}), or run "
+        f"`python -m medmnist download --size={size} --root={root}`, "
+        f"or pass --config.download=True"
+    )
+
+
+def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) uint8 (memory-mapped) and labels (N, L) int64 of one split."""
+    path = npz_path(data_dir, flag, size)
+    if fetch:
+        download(flag, size, data_dir)
+    if not os.path.exists(path):
+        raise DataError(_missing_message(path, flag, size))
+    entry = info(flag)
+    try:
+        dataset = getattr(_medmnist(), entry["python_class"])(
+            split=split, root=os.path.dirname(path), size=size, mmap_mode="r"
+        )
+        images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err})") from err
+    if images.ndim == 3:  # grayscale sets store (N, H, W)
+        images = images[..., None]
+    _check_labels(labels, entry, path, split)
+    return images, labels
+
+
+def _check_labels(labels: np.ndarray, entry: dict, path: str, split: str) -> None:
+    n_labels = len(entry["label"])
+    multi_label = entry["task"].startswith("multi-label")
+    upper = 1 if multi_label else n_labels - 1
+    if labels.size and (labels.min() < 0 or labels.max() > upper):
+        raise DataError(
+            f"{path} {split}_labels holds values in [{labels.min()}, {labels.max()}], "
+            f"outside the {n_labels} classes {list(entry['label'].values())}"
+        )

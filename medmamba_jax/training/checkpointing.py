@@ -1,0 +1,145 @@
+"""Workdir layout and Orbax checkpoints of a training run.
+
+The workdir contract, relied on by the evaluation tools::
+
+    W/config.json           the full training config (``config.from_json`` reads it back)
+    W/checkpoints/latest/   Orbax CheckpointManager, the 2 newest training states, one
+                            directory per micro-step, items ``model`` (nnx.state of the
+                            MedMamba: Params, BatchStats, RNG state), ``opt`` (optimizer
+                            state) and ``meta`` (JSON: step, epoch, best-so-far, model_config)
+    W/checkpoints/best/     Orbax CheckpointManager, the one state with the best validation
+                            ``config.best_metric``; items ``model`` and ``meta``
+    W/results.json          test metrics of the best checkpoint: accuracy, auc, precision,
+                            sensitivity, specificity, f1, per-class lists, step, epoch
+    W/metrics.jsonl         one JSON object per log event: {"step", "epoch", "split", ...}
+    W/tensorboard/          TensorBoard event files (train/*, val/*, test/*)
+
+``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
+Each JSON file is written to a temporary name and renamed, and Orbax finalises a
+checkpoint only once it is complete, so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
+from medmamba_jax.training import config as config_lib
+
+KINDS = ("latest", "best")
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The workdir holds no (readable) checkpoint of the requested kind."""
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as JSON atomically: readers see the old file or the complete new one."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:
+    """The 'latest' (keeps 2, so a corrupt newest one has a fallback) and 'best' managers."""
+    def manager(kind: str, keep: int) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints", kind), options=options)
+
+    return {"latest": manager("latest", 2), "best": manager("best", 1)}
+
+
+def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt_state=None) -> None:
+    """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps)."""
+    if step in manager.all_steps():
+        manager.delete(step)
+    items = {"model": ocp.args.StandardSave(model_state), "meta": ocp.args.JsonSave(meta)}
+    if opt_state is not None:
+        items["opt"] = ocp.args.StandardSave(opt_state)
+    manager.save(step, args=ocp.args.Composite(**items))
+    manager.wait_until_finished()
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[Any, Any]]):
+    """(model_state, opt_state, meta) of the newest readable checkpoint, or None if there is none.
+
+    ``templates(meta)`` gives the (model_state, opt_state or None) structures to restore
+    into. An unreadable checkpoint is reported on stderr and the previous one is tried.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            model_state, opt_state = templates(meta)
+            items = {"model": ocp.args.StandardRestore(_abstract(model_state))}
+            if opt_state is not None:
+                items["opt"] = ocp.args.StandardRestore(_abstract(opt_state))
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # noqa: BLE001 - any failure means: this checkpoint is unusable
+            fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint"
+            message = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            print(f"warning: checkpoint {manager.directory}/{step} is unreadable ({message}); {fallback}",
+                  file=sys.stderr)
+            continue
+        return restored["model"], restored["opt"] if opt_state is not None else None, meta
+    return None
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise NoCheckpointError(f"{path} not found: {workdir} is not a training workdir")
+    with open(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def abstract_model(model_config: dict) -> MedMamba:
+    """A MedMamba of ``model_config`` without allocating or computing its initial weights."""
+    cfg = MedMambaConfig.from_dict(model_config)
+    return nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(params=0, dropout=0)))
+
+
+def load_trained(workdir: str, which: str = "best") -> tuple[MedMamba, ml_collections.ConfigDict]:
+    """The trained model (in eval mode) and config of a workdir written by train.py.
+
+    ``which="best"`` is the best checkpoint by validation ``config.best_metric``; a run
+    that never produced one (e.g. killed during its first epoch) falls back to 'latest'.
+    Raises NoCheckpointError (a FileNotFoundError) when there is nothing to load.
+    """
+    if which not in KINDS:
+        raise ValueError(f"which must be one of {KINDS}, got {which!r}")
+    config = read_config(workdir)
+    kinds = (which, "latest") if which == "best" else (which,)
+    for kind in kinds:
+        directory = os.path.join(workdir, "checkpoints", kind)
+        if not os.path.isdir(directory):
+            continue
+        models: list[MedMamba] = []
+
+        def templates(meta: dict):
+            models.append(abstract_model(meta["model_config"]))
+            return nnx.state(models[-1]), None
+
+        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates)
+        if restored is None:
+            continue
+        model = models[-1]
+        nnx.update(model, restored[0])
+        model.eval()
+        return model, config
+    raise NoCheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with train.py")

@@ -1,0 +1,105 @@
+"""The training config: every key with its default, validation, and JSON round-trip.
+
+The recipes in ``configs/`` start from ``default_config()`` and override what differs.
+A workdir's ``config.json`` is read back with ``from_json``, which fills keys added
+since the run with their defaults.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+from ml_collections import config_dict
+
+from medmamba_jax.training.errors import ConfigError
+
+MODELS = ("medmamba_t", "medmamba_s", "medmamba_b")
+METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every training key with its default; recipes in configs/ override some of them."""
+    c = ml_collections.ConfigDict()
+
+    # Data.
+    c.dataset = "pathmnist"  # a 2D MedMNIST flag, or "folder" for root/{train,val,test}/<class>/*.png
+    c.data_dir = "~/.medmnist"  # where the MedMNIST .npz files, or the image-folder root, live
+    c.size = 28  # MedMNIST source resolution: 28, 64, 128 or 224
+    c.image_size = 224  # model input resolution
+    c.download = False  # fetch a missing MedMNIST file (MD5-checked) instead of failing
+    c.in_chans = 3  # grayscale sets are repeated to 3 channels when the model wants 3
+    c.random_flip = True  # horizontal flip, as upstream's RandomHorizontalFlip
+    c.random_resized_crop = True  # as upstream's RandomResizedCrop(scale=(0.08, 1))
+    c.autoaugment = False  # ImageNet AutoAugment policy (the paper's MedMamba-X)
+    c.prefetch = 4  # batches prepared ahead by host threads
+
+    # Model.
+    c.model = "medmamba_t"  # medmamba_t, medmamba_s or medmamba_b
+    c.depths = config_dict.placeholder(tuple)  # override the variant's depths, e.g. (1, 1, 1, 1)
+    c.dims = config_dict.placeholder(tuple)  # override the variant's dims, e.g. (8, 16, 32, 64)
+    c.drop_path_rate = 0.1
+    c.scan_impl = "associative"  # selective-scan implementation: associative, reference or pallas
+    c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
+    c.init_from = ""  # upstream .pth file or a checkpoint directory (converted or trained)
+
+    # Optimisation: optax.adamw with a multi-step schedule, as the MedMNIST benchmarks.
+    c.batch_size = 128  # images per optimizer update, summed over all devices and hosts
+    c.eval_batch_size = 256
+    c.num_epochs = 100
+    c.learning_rate = 1e-3
+    c.weight_decay = 1e-4
+    c.lr_milestones = (50, 75)  # epochs at which the learning rate is multiplied by lr_gamma
+    c.lr_gamma = 0.1
+    c.grad_accum_steps = 1  # micro-batches of batch_size / grad_accum_steps per update
+    c.seed = 0
+
+    # Checkpoints, evaluation and logging.
+    c.best_metric = "auc"  # validation metric that picks the best checkpoint: any results.json key
+    c.early_stopping_patience = 0  # epochs without a better best_metric before stopping; 0 = never
+    c.checkpoint_every_steps = 0  # also save the latest state every N micro-steps; 0 = per epoch only
+    c.log_every_steps = 20
+    c.progress_bar = True
+
+    # Several hosts: jax.distributed.initialize() before anything else. Under SLURM, Open MPI,
+    # Kubernetes or on TPU pods the three values below are detected; otherwise set them.
+    c.distributed = False
+    c.coordinator_address = ""  # "host:port" of process 0
+    c.num_processes = 0
+    c.process_id = 0
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for unknown keys or values that cannot work, before anything runs."""
+    unknown = sorted(set(config.keys()) - set(default_config().keys()))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; see configs/base.py for the valid keys")
+    checks = [
+        (config.model in MODELS, f"model must be one of {MODELS}, got {config.model!r}"),
+        (config.best_metric in METRICS, f"best_metric must be one of {METRICS}, got {config.best_metric!r}"),
+        (config.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}"),
+        (config.batch_size % config.grad_accum_steps == 0,
+         f"batch_size {config.batch_size} is not a multiple of grad_accum_steps {config.grad_accum_steps}"),
+        (config.num_epochs >= 1 and config.image_size >= 8, "num_epochs must be >= 1 and image_size >= 8"),
+        (list(config.lr_milestones) == sorted(set(config.lr_milestones)),
+         f"lr_milestones must be increasing epochs, got {config.lr_milestones}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config from ``to_json`` output; keys missing from it take their defaults."""
+    config = default_config()
+    values = json.loads(text)
+    unknown = sorted(set(values) - set(config.keys()))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} in the saved config")
+    for key, value in values.items():
+        if isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
+        if value is not None or config[key] is None:
+            config[key] = value
+    return config

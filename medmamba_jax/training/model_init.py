@@ -1,0 +1,88 @@
+"""The model a run trains: built from the config, optionally initialised from a checkpoint.
+
+``init_from`` may be an upstream PyTorch ``.pth`` file, a directory from
+``python -m medmamba_jax.convert``, or a training workdir. Its architecture must match the
+config's; only the classification head may differ (fine-tuning on another dataset), in
+which case the head keeps its fresh initialisation and a warning says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from flax import nnx, traverse_util
+
+from medmamba_jax.models import VARIANTS, MedMamba
+from medmamba_jax.training.errors import TrainingError
+
+# Fields that define the architecture; num_classes only sizes the head.
+ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size")
+WEIGHTS = (nnx.Param, nnx.BatchStat)  # a tuple filter: either kind; RNG state is not copied
+
+
+def build(config, num_classes: int) -> MedMamba:
+    """A freshly initialised MedMamba of ``config.model`` with the config's overrides."""
+    overrides = {
+        "drop_path_rate": float(config.drop_path_rate),
+        "scan_impl": config.scan_impl,
+        "dtype": config.dtype,
+        "in_chans": int(config.in_chans),
+    }
+    for key in ("depths", "dims"):
+        if config[key] is not None:
+            overrides[key] = tuple(int(v) for v in config[key])
+    factory = VARIANTS[config.model]
+
+    def create() -> MedMamba:
+        return factory(num_classes=num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                       **overrides)
+
+    # One compiled initialiser instead of hundreds of eagerly dispatched (and compiled) ops.
+    graphdef, _ = nnx.split(nnx.eval_shape(create))
+    state = jax.jit(lambda: nnx.split(create())[1])()
+    return nnx.merge(graphdef, state)
+
+
+def _load_source(path: str) -> MedMamba:
+    """The model stored at ``path`` (.pth file, converted directory or training workdir)."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
+            from medmamba_jax.training.checkpointing import load_trained
+
+            return load_trained(path, "best")[0]
+        from medmamba_jax.checkpoints import load_model
+
+        return load_model(path)
+    if not os.path.exists(path):
+        raise TrainingError(f"init_from {path!r} does not exist")
+    from medmamba_jax.params import from_torch
+
+    return from_torch(path)
+
+
+def _flat_weights(model: MedMamba) -> dict[tuple, jax.Array]:
+    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, WEIGHTS)))
+
+
+def initialise_from(model: MedMamba, path: str) -> None:
+    """Copies the weights at ``path`` into ``model``; a different head size keeps ``model``'s head."""
+    path = os.path.expanduser(path)
+    source = _load_source(path)
+    want, have = model.config.to_dict(), source.config.to_dict()
+    mismatched = [f"{k} {have[k]} (config wants {want[k]})" for k in ARCH_FIELDS if want[k] != have[k]]
+    if mismatched:
+        raise TrainingError(f"init_from {path} is another architecture: {', '.join(map(str, mismatched))}")
+    target, weights = _flat_weights(model), _flat_weights(source)
+    if have["num_classes"] != want["num_classes"]:
+        print(f"warning: init_from {path} has a {have['num_classes']}-class head; the "
+              f"{want['num_classes']}-class head is freshly initialised for fine-tuning", file=sys.stderr)
+        weights = {k: v for k, v in weights.items() if k[0] != "head"}
+    bad = sorted("/".join(map(str, k)) for k in weights if k not in target or target[k].shape != weights[k].shape)
+    if bad:
+        raise TrainingError(f"init_from {path} does not fit the model at: {', '.join(bad[:10])}")
+    target.update(weights)
+    state = nnx.state(model, WEIGHTS)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(target))
+    nnx.update(model, state)

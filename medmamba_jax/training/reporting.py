@@ -1,0 +1,81 @@
+"""Feedback of a run: metrics.jsonl, TensorBoard events, a progress bar, one line per epoch.
+
+Only process 0 writes; other processes get a Reporter that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import tqdm
+
+
+class Reporter:
+    """Appends ``{"step", "epoch", "split", **scalars}`` lines to W/metrics.jsonl and to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, split: str, step: int, epoch: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "epoch": epoch, "split": split, **scalars}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._tb.add_scalar(f"{split}/{name}", value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar over an epoch's micro-steps showing loss, learning rate and images/s."""
+
+    def __init__(self, epoch: int, num_epochs: int, total: int, initial: int, enabled: bool):
+        self._bar = tqdm.tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}",
+                              disable=not enabled, dynamic_ncols=True, leave=False)
+        self._last_time, self._last_n = time.perf_counter(), initial
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def rate(self, images_per_step: int, steps_done: int) -> float:
+        """Images/s since the previous call; ``steps_done`` is the bar position now."""
+        now = time.perf_counter()
+        rate = (steps_done - self._last_n) * images_per_step / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_n = now, steps_done
+        return rate
+
+    def show(self, loss: float, lr: float, images_per_sec: float) -> None:
+        self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_sec:.1f}", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def epoch_line(epoch: int, num_epochs: int, step: int, train: dict[str, float], val: dict[str, Any],
+               best_metric: str, improved: bool) -> str:
+    """One-line epoch summary, e.g. 'epoch 3/100 step 2109 loss 0.4123 lr 1.00e-03 | val acc ...'."""
+    def fmt(value: float) -> str:
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+
+    parts = [f"epoch {epoch + 1}/{num_epochs}", f"step {step}", f"loss {fmt(train['loss'])}",
+             f"lr {train['lr']:.2e}", f"{train['images_per_sec']:.1f} img/s", f"{train['seconds']:.0f}s |",
+             "val " + " ".join(f"{k} {fmt(val[k])}" for k in ("accuracy", "auc", "f1"))]
+    if improved:
+        parts.append(f"(best {best_metric})")
+    return " ".join(parts)

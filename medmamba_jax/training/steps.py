@@ -1,0 +1,52 @@
+"""The jitted training step, a pure function of (states, batch, step) sharded over the mesh."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from medmamba_jax.training import sharding
+
+
+def loss_fn(logits: jax.Array, labels: jax.Array, multi_label: bool) -> jax.Array:
+    """Mean softmax CE for labels (b,) int; mean sigmoid BCE over labels for (b, L) multi-label."""
+    if multi_label:
+        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def augment_key(seed: int, step: jax.Array) -> jax.Array:
+    """The augmentation key of micro-step ``step``: a function of (seed, step) only."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def make_train_step(model_def, opt_def, transform: Callable, multi_label: bool, seed: int, mesh) -> Callable:
+    """``step_fn(model_state, opt_state, images, labels, step) -> (model_state, opt_state, loss)``.
+
+    images: (B, H, W, C) uint8 and labels: (B,) or (B, L), sharded along B over the mesh;
+    step: int32 scalar. The states are replicated and donated. Stochastic depth draws from
+    the model's own RNG state, which is part of the checkpointed model state.
+    """
+
+    def step_fn(model_state, opt_state, images, labels, step):
+        model, optimizer = nnx.merge(model_def, model_state), nnx.merge(opt_def, opt_state)
+        x = transform(images, augment_key(seed, step))
+
+        def loss_of(m):
+            return loss_fn(m(x), labels, multi_label)
+
+        loss, grads = nnx.value_and_grad(loss_of)(model)
+        optimizer.update(model, grads)
+        return nnx.state(model), nnx.state(optimizer), loss
+
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(repl, repl, data, data, repl),
+        out_shardings=(repl, repl, repl),
+        donate_argnums=(0, 1),
+    )

@@ -1,0 +1,263 @@
+"""``train_and_evaluate(config, workdir)``: train, validate every epoch, test the best checkpoint.
+
+Everything that can be wrong with the inputs (config, data, init_from) is checked before
+the workdir is touched. A run finds its latest checkpoint in the workdir and resumes from
+it; since batches and augmentation keys are functions of (seed, step) and the model's
+RNG state is checkpointed, a resumed run ends with the same weights and results.json as
+an uninterrupted one. The workdir layout is described in ``checkpointing``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medmamba_jax import data as data_lib
+from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
+from medmamba_jax.training import checkpointing, model_init, optim, reporting, sharding, steps
+from medmamba_jax.training import config as config_lib
+from medmamba_jax.training.errors import ConfigError, TrainingError
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint's meta records besides the weights: where the run is and its best so far."""
+
+    step: int = 0  # micro-steps done
+    best_value: float | None = None
+    best_step: int = -1
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    loss_sum: float = 0.0  # running sum and count of this epoch's losses
+    loss_count: int = 0
+
+
+@dataclasses.dataclass
+class Run:
+    """A run's resolved inputs; building it writes nothing."""
+
+    config: Any
+    info: dict
+    splits: dict  # split -> (images, labels)
+    stream: data_lib.TrainStream
+    mesh: jax.sharding.Mesh
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    schedule: Any
+
+    @property
+    def steps_per_epoch(self) -> int:  # micro-steps
+        return self.stream.steps_per_epoch
+
+
+def prepare(config) -> Run:
+    """Validates the config, loads the data and builds (and maybe initialises) the model."""
+    config_lib.validate(config)
+    splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
+    info = data_lib.dataset_info(config)
+    mesh = sharding.make_mesh()
+    k = int(config.grad_accum_steps)
+    micro = int(config.batch_size) // k
+    if micro % mesh.devices.size:
+        raise ConfigError(
+            f"batch_size / grad_accum_steps = {micro} must be a multiple of the {mesh.devices.size} devices"
+        )
+    stream = data_lib.TrainStream(
+        *splits["train"], micro, int(config.seed), steps_multiple=k, autoaugment=bool(config.autoaugment),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    model = model_init.build(config, info["num_classes"])
+    if config.init_from:
+        model_init.initialise_from(model, config.init_from)
+    tx, schedule = optim.make_tx(config, stream.steps_per_epoch // k)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return Run(config, info, splits, stream, mesh, model, optimizer, schedule)
+
+
+def evaluate(run: Run, model_def, model_state, split: str) -> dict[str, Any]:
+    """compute_metrics of the model on a whole split, with the eval-time transform."""
+    model = nnx.merge(model_def, model_state)
+    model.eval()
+    images, labels = run.splits[split]
+    scores = predict_scores(
+        model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
+        transform=data_lib.eval_transform(run.config), mesh=run.mesh,
+    )
+    return compute_metrics(labels, scores, run.info["task"])
+
+
+def _meta(run: Run, progress: Progress, epoch: int) -> dict:
+    return {**dataclasses.asdict(progress), "epoch": epoch, "model_config": run.model.config.to_dict()}
+
+
+def _last_good(manager) -> str:
+    step = manager.latest_step()
+    return "none" if step is None else os.path.join(str(manager.directory), str(step))
+
+
+class Trainer:
+    """Runs the epochs of a prepared Run in a workdir, checkpointing and reporting as it goes."""
+
+    def __init__(self, run: Run, workdir: str):
+        self.run, self.config, self.workdir = run, run.config, workdir
+        self.is_main = jax.process_index() == 0
+        self.managers = checkpointing.managers(workdir)
+        self.reporter = reporting.Reporter(workdir, enabled=self.is_main)
+        self.model_def, model_state = nnx.split(run.model)
+        self.opt_def, opt_state = nnx.split(run.optimizer)
+        self.model_state = sharding.replicate(run.mesh, model_state)
+        self.opt_state = sharding.replicate(run.mesh, opt_state)
+        self.progress = Progress()
+        self._resume()
+        self.train_step = steps.make_train_step(
+            self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
+            int(self.config.seed), run.mesh,
+        )
+
+    def _resume(self) -> None:
+        restored = checkpointing.restore(self.managers["latest"], lambda meta: (self.model_state, self.opt_state))
+        if restored is None:
+            return
+        self.model_state, self.opt_state, meta = restored
+        fields = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
+        if self.is_main:
+            print(f"resuming from step {self.progress.step} (epoch {meta['epoch'] + 1})")
+
+    def lr(self) -> float:
+        return float(self.run.schedule(self.progress.step // int(self.config.grad_accum_steps)))
+
+    def _batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        images, labels = self.run.stream(step)
+        return sharding.shard_batch(self.run.mesh, images), sharding.shard_batch(self.run.mesh, labels)
+
+    def _check_losses(self, pending: list) -> float:
+        """Sums the pending (step, loss) pairs; a NaN or inf stops the run naming its step."""
+        total = 0.0
+        for step, loss in pending:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"loss is {value} at step {step} (epoch {step // self.run.steps_per_epoch + 1}); "
+                    f"last good checkpoint: {_last_good(self.managers['latest'])}"
+                )
+            total += value
+        self.progress.loss_sum += total
+        self.progress.loss_count += len(pending)
+        pending.clear()
+        return total
+
+    def _save_latest(self, epoch: int) -> None:
+        checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
+                           _meta(self.run, self.progress, epoch), self.opt_state)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Micro-steps from the current one to the end of ``epoch``; returns train scalars."""
+        spe, config, micro = self.run.steps_per_epoch, self.config, self.run.stream.micro_batch
+        start, end = self.progress.step, (epoch + 1) * spe
+        bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
+                                 bool(config.progress_bar) and self.is_main)
+        began, pending, window = time.perf_counter(), [], 0.0
+        for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
+                                                                               int(config.prefetch))):
+            self.model_state, self.opt_state, loss = self.train_step(
+                self.model_state, self.opt_state, images, labels, jnp.int32(step))
+            pending.append((step, loss))
+            self.progress.step = step + 1
+            bar.update()
+            if self.progress.step % int(config.log_every_steps) == 0:
+                count = len(pending)
+                window = self._check_losses(pending) / count
+                rate = bar.rate(micro, self.progress.step - epoch * spe)
+                bar.show(window, self.lr(), rate)
+                self.reporter.write("train", self.progress.step, epoch,
+                                    {"loss": window, "lr": self.lr(), "images_per_sec": rate})
+            every = int(config.checkpoint_every_steps)
+            if every and self.progress.step % every == 0 and self.progress.step < end:
+                self._check_losses(pending)
+                self._save_latest(epoch)
+        self._check_losses(pending)
+        bar.close()
+        seconds = time.perf_counter() - began
+        p = self.progress
+        return {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
+                "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
+
+    def end_epoch(self, epoch: int, train: dict[str, float]) -> None:
+        """Validates, keeps the best checkpoint, saves the latest, reports one line."""
+        val = evaluate(self.run, self.model_def, self.model_state, "val")
+        value, p = val[self.config.best_metric], self.progress
+        improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
+        if improved:
+            p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
+            checkpointing.save(self.managers["best"], p.step, self.model_state, _meta(self.run, p, epoch))
+        else:
+            p.bad_epochs += 1
+        p.loss_sum, p.loss_count = 0.0, 0
+        self._save_latest(epoch)
+        self.reporter.write("val", p.step, epoch, summary(val))
+        self.reporter.write("epoch", p.step, epoch, train)
+        if self.is_main:
+            print(reporting.epoch_line(epoch, int(self.config.num_epochs), p.step, train, val,
+                                       self.config.best_metric, improved), flush=True)
+
+    def stopped_early(self) -> bool:
+        patience = int(self.config.early_stopping_patience)
+        return bool(patience) and self.progress.bad_epochs >= patience
+
+    def fit(self) -> None:
+        spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
+        while self.progress.step < spe * num_epochs and not self.stopped_early():
+            epoch = self.progress.step // spe
+            train = self.train_epoch(epoch)
+            self.end_epoch(epoch, train)
+        if self.stopped_early() and self.is_main:
+            print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
+
+    def test(self) -> dict[str, Any]:
+        """Test metrics of the best checkpoint, written to results.json."""
+        restored = checkpointing.restore(self.managers["best"], lambda meta: (self.model_state, None))
+        if restored is None:
+            print("warning: no best checkpoint (validation metric never finite); testing the latest state")
+            model_state, meta = self.model_state, _meta(self.run, self.progress, -1)
+        else:
+            model_state, _, meta = restored
+        metrics = evaluate(self.run, self.model_def, model_state, "test")
+        results = {**metrics, "split": "test", "step": meta["step"], "epoch": meta["epoch"] + 1}
+        self.reporter.write("test", meta["step"], meta["epoch"], summary(metrics))
+        if self.is_main:
+            checkpointing.write_json(os.path.join(self.workdir, "results.json"), results)
+            print("test " + " ".join(f"{k} {v:.4f}" for k, v in summary(metrics).items()), flush=True)
+        return results
+
+    def close(self) -> None:
+        self.reporter.close()
+        for manager in self.managers.values():
+            manager.close()
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics."""
+    if config.distributed:
+        explicit = int(config.num_processes) > 0
+        jax.distributed.initialize(config.coordinator_address or None,
+                                   int(config.num_processes) if explicit else None,
+                                   int(config.process_id) if explicit else None)
+    run = prepare(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    trainer = Trainer(run, workdir)
+    try:
+        trainer.fit()
+        return trainer.test()
+    finally:
+        trainer.close()

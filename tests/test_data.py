@@ -1,0 +1,134 @@
+"""Datasets, downloads, the deterministic train stream, transforms, AutoAugment, image folders."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmamba_jax import data
+from medmamba_jax.data import DataError, medmnist_source
+from medmamba_jax.data.autoaugment import autoaugment_batch
+
+
+def test_load_split_matches_npz_and_info(tiny_config, fake_medmnist_dir):
+    images, labels = data.load_split(tiny_config, "val")
+    raw = np.load(os.path.join(fake_medmnist_dir, "pathmnist.npz"))
+    np.testing.assert_array_equal(images, raw["val_images"])
+    np.testing.assert_array_equal(labels, raw["val_labels"][:, 0])
+    info = data.dataset_info(tiny_config)
+    assert info["task"] == "multi-class" and info["num_classes"] == 9 and info["label_names"][0] == "adipose"
+
+
+def test_grayscale_and_multilabel(tiny_config):
+    tiny_config.dataset = "chestmnist"
+    images, labels = data.load_split(tiny_config, "train")
+    assert images.shape[1:] == (28, 28, 1) and labels.shape == (len(images), 14)
+    x = data.preprocess(images[:3], tiny_config)
+    assert x.shape == (3, 32, 32, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grayscale repeated to 3 channels
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    assert data.dataset_info(tiny_config)["multi_label"]
+
+
+def test_missing_file_names_file_url_and_command(tiny_config, tmp_path):
+    tiny_config.data_dir = str(tmp_path)
+    with pytest.raises(DataError) as err:
+        data.load_split(tiny_config, "train")
+    message = str(err.value)
+    assert "pathmnist.npz" in message and "https://zenodo.org" in message
+    assert "python -m medmnist download" in message and "\n" not in message
+
+
+def test_label_outside_class_list(tmp_path):
+    from conftest import write_fake_medmnist
+
+    path = write_fake_medmnist(str(tmp_path), "breastmnist")
+    arrays = dict(np.load(path))
+    arrays["test_labels"][0] = 7
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match="outside the 2 classes"):
+        medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=False)
+
+
+def test_unknown_dataset_and_size(tiny_config):
+    tiny_config.dataset = "organmnist3d"
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.load_split(tiny_config, "train")
+    with pytest.raises(DataError, match="size must be one of"):
+        medmnist_source.npz_path("/x", "pathmnist", 32)
+
+
+def test_download_checks_md5_and_writes_atomically(tmp_path, monkeypatch, fake_medmnist_dir):
+    source = os.path.join(fake_medmnist_dir, "breastmnist.npz")
+    md5 = hashlib.md5(open(source, "rb").read()).hexdigest()
+    url = "file://" + source
+    target = tmp_path / "data"
+    monkeypatch.setattr(medmnist_source, "url_and_md5", lambda flag, size: (url, "0" * 32))
+    with pytest.raises(DataError, match="MD5"):
+        medmnist_source.download("breastmnist", 28, str(target))
+    assert os.listdir(target) == []  # nothing half-written
+    monkeypatch.setattr(medmnist_source, "url_and_md5", lambda flag, size: (url, md5))
+    path = medmnist_source.download("breastmnist", 28, str(target))
+    assert path.endswith("breastmnist.npz") and os.listdir(target) == ["breastmnist.npz"]
+
+
+def test_train_stream_is_a_function_of_seed_and_step():
+    images = np.arange(20 * 2 * 2 * 1, dtype=np.uint8).reshape(20, 2, 2, 1)
+    labels = np.arange(20)
+    stream = data.TrainStream(images, labels, 4, seed=3, steps_multiple=2)
+    assert stream.steps_per_epoch == 4  # 5 micro-batches cut to whole updates of 2
+    again = data.TrainStream(images, labels, 4, seed=3, steps_multiple=2)
+    np.testing.assert_array_equal(stream(6)[1], again(6)[1])
+    epoch0 = np.concatenate([stream.indices(s) for s in range(4)])
+    assert len(set(epoch0)) == 16 and not np.array_equal(stream.indices(0), stream.indices(4))
+    halves = [data.TrainStream(images, labels, 4, seed=3, steps_multiple=2, process_index=i, process_count=2)(5)[1] for i in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), stream(5)[1])
+
+
+def test_autoaugment_is_deterministic_and_keeps_shape():
+    images = np.random.default_rng(0).integers(0, 255, (6, 28, 28, 3), dtype=np.uint8)
+    a = autoaugment_batch(images, seed=0, step=5, positions=np.arange(6))
+    b = autoaugment_batch(images, seed=0, step=5, positions=np.arange(6))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == images.shape and not np.array_equal(a, images)
+    gray = autoaugment_batch(images[..., :1], seed=0, step=1, positions=np.arange(6))
+    assert gray.shape == (6, 28, 28, 1)
+
+
+def test_train_transform_shapes_and_key_dependence(tiny_config):
+    import jax
+
+    images = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
+    transform = data.train_transform(tiny_config)
+    a = transform(images, jax.random.key(0))
+    b = transform(images, jax.random.key(1))
+    assert a.shape == (4, 32, 32, 3) and not np.allclose(a, b)
+    np.testing.assert_array_equal(a, transform(images, jax.random.key(0)))
+
+
+def _folder(root, layout):
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            os.makedirs(root / split / name, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(np.full((10, 12, 3), 30 * i, np.uint8)).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_through_tfds(tiny_config, tmp_path):
+    _folder(tmp_path, {"train": {"cat": 2, "dog": 3}, "val": {"dog": 1}, "test": {"cat": 1, "dog": 1}})
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    images, labels = data.load_split(tiny_config, "train")
+    assert images.shape == (5, 32, 32, 3) and sorted(labels.tolist()) == [0, 0, 1, 1, 1]
+    assert data.load_split(tiny_config, "val")[1].tolist() == [1]
+    assert data.dataset_info(tiny_config)["label_names"] == ["cat", "dog"]
+
+
+def test_image_folder_bad_splits(tiny_config, tmp_path):
+    _folder(tmp_path, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 0}, "test": {"cow": 1}})
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    with pytest.raises(DataError, match="val has no images"):
+        data.load_split(tiny_config, "val")
+    with pytest.raises(DataError, match=r"\['cow'\] outside the training classes"):
+        data.load_split(tiny_config, "test")

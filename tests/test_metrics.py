@@ -1,0 +1,89 @@
+"""compute_metrics against scikit-learn and medmnist.Evaluator on random scores."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from medmamba_jax.evaluation import compute_metrics
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _evaluator(root, flag, split, scores):
+    from medmnist import Evaluator
+
+    return Evaluator(flag, split, root=root).evaluate(scores)
+
+
+def _npz_labels(root, flag, split):
+    return np.load(f"{root}/{flag}.npz")[f"{split}_labels"]
+
+
+@pytest.mark.parametrize("flag", ["pathmnist", "breastmnist", "chestmnist"])
+def test_acc_and_auc_equal_medmnist_evaluator(fake_medmnist_dir, flag):
+    labels = _npz_labels(fake_medmnist_dir, flag, "test")
+    rng = np.random.default_rng(1)
+    if flag == "chestmnist":
+        task, scores = "multi-label, binary-class", rng.random(labels.shape)
+    else:
+        task = "binary-class" if flag == "breastmnist" else "multi-class"
+        scores = _softmax(rng.normal(size=(len(labels), int(labels.max()) + 1)) + 2 * np.eye(int(labels.max()) + 1)[labels[:, 0]])
+    ours = compute_metrics(labels, scores, task)
+    theirs = _evaluator(fake_medmnist_dir, flag, "test", scores)
+    assert ours["accuracy"] == pytest.approx(theirs.ACC, abs=1e-12)
+    assert ours["auc"] == pytest.approx(theirs.AUC, abs=1e-12)
+
+
+def test_multiclass_macro_metrics_equal_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    scores = _softmax(rng.normal(size=(200, 5)) + 1.5 * np.eye(5)[labels])
+    pred = scores.argmax(1)
+    got = compute_metrics(labels, scores, "multi-class")
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert got["precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro", zero_division=0))
+    assert got["sensitivity"] == pytest.approx(skm.recall_score(labels, pred, average="macro"))
+    assert got["f1"] == pytest.approx(skm.f1_score(labels, pred, average="macro"))
+    assert got["auc"] == pytest.approx(skm.roc_auc_score(labels, scores, multi_class="ovr", average="macro"))
+    cm = skm.confusion_matrix(labels, pred)
+    specificity = [(cm.sum() - cm[k].sum() - cm[:, k].sum() + cm[k, k]) / (cm.sum() - cm[k].sum()) for k in range(5)]
+    assert got["specificity"] == pytest.approx(np.mean(specificity))
+    assert got["confusion_matrix"] == cm.tolist()
+    assert len(got["per_class_f1"]) == 5
+
+
+def test_binary_sensitivity_equals_specificity():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 100)
+    scores = _softmax(rng.normal(size=(100, 2)))
+    got = compute_metrics(labels, scores, "binary-class")
+    assert got["sensitivity"] == pytest.approx(got["specificity"])
+    assert got["auc"] == pytest.approx(skm.roc_auc_score(labels, scores[:, 1]))
+
+
+def test_multilabel_per_label_metrics_equal_sklearn():
+    rng = np.random.default_rng(3)
+    labels = (rng.random((150, 4)) < 0.4).astype(int)
+    scores = np.clip(labels * 0.4 + rng.random((150, 4)) * 0.6, 0, 1)
+    got = compute_metrics(labels, scores, "multi-label, binary-class")
+    pred = (scores > 0.5).astype(int)
+    assert got["precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro", zero_division=0))
+    assert got["sensitivity"] == pytest.approx(skm.recall_score(labels, pred, average="macro"))
+    assert got["auc"] == pytest.approx(skm.roc_auc_score(labels, scores, average="macro"))
+
+
+def test_absent_class_gets_nan_auc_and_is_left_out():
+    labels = np.array([0, 1, 0, 1])
+    scores = _softmax(np.random.default_rng(4).normal(size=(4, 3)))
+    got = compute_metrics(labels, scores, "multi-class")
+    assert np.isnan(got["per_class_auc"][2]) and np.isfinite(got["auc"])
+
+
+def test_bad_task_and_shapes_are_rejected():
+    with pytest.raises(ValueError, match="unknown task"):
+        compute_metrics(np.zeros(3), np.zeros((3, 2)), "regression")
+    with pytest.raises(ValueError, match="scores must be"):
+        compute_metrics(np.zeros(3), np.zeros((4, 2)), "multi-class")

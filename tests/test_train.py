@@ -1,0 +1,157 @@
+"""The training job end to end: train.py itself, resume after SIGKILL, 8 devices, bad inputs.
+
+One uninterrupted 2-epoch run (``reference_run``) is shared by the tests that compare
+against it; the persistent compilation cache set up in conftest lets every later run of
+the same program skip compilation.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import ROOT
+from medmamba_jax.training.checkpointing import load_trained
+
+RUN_ARGS = ("--config.num_epochs=2", "--config.checkpoint_every_steps=2")
+
+
+def train_cmd(workdir, data_dir, *overrides):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/smoke.py"),
+            f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides]
+
+
+def run_train(workdir, data_dir, *overrides, env=None, check=True):
+    result = subprocess.run(train_cmd(workdir, data_dir, *overrides), capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, fake_medmnist_dir):
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    result = run_train(workdir, fake_medmnist_dir, *RUN_ARGS)
+    return workdir, result
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def _weights(workdir, which="latest"):
+    model, _ = load_trained(workdir, which)
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))]
+
+
+def test_smoke_run_of_train_py(reference_run):
+    workdir, result = reference_run
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "val accuracy" in lines[0] and "img/s" in lines[0]
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    for key in ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1"):
+        assert 0.0 <= results[key] <= 1.0
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["dims"] == [8, 16] and config["num_epochs"] == 2
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["best", "latest"]
+    assert len(_losses(workdir)) == 12 and os.listdir(os.path.join(workdir, "tensorboard"))
+    model, loaded_config = load_trained(workdir)
+    assert model.config.num_classes == 9 and loaded_config.dims == (8, 16)
+
+
+def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_dir, tmp_path):
+    workdir = str(tmp_path / "killed")
+    proc = subprocess.Popen(train_cmd(workdir, fake_medmnist_dir, *RUN_ARGS), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(latest) if d.isdigit()] if os.path.isdir(latest) else []
+        if steps and max(steps) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    resumed = run_train(workdir, fake_medmnist_dir, *RUN_ARGS)
+    assert "resuming from step" in resumed.stdout
+    reference, _ = reference_run
+    assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
+        open(os.path.join(reference, "results.json")))
+    for a, b in zip(_weights(workdir), _weights(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_eight_devices_give_the_losses_of_one(reference_run, fake_medmnist_dir, tmp_path):
+    workdir = str(tmp_path / "eight")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    run_train(workdir, fake_medmnist_dir, "--config.num_epochs=1", env={"XLA_FLAGS": flags})
+    eight, one = _losses(workdir), _losses(reference_run[0])
+    assert sorted(eight) == list(range(1, 7))
+    np.testing.assert_allclose([eight[s] for s in sorted(eight)], [one[s] for s in sorted(eight)], rtol=1e-4)
+
+
+def test_corrupt_newest_checkpoint_falls_back(reference_run, tmp_path, capsys):
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(reference_run[0], workdir)
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    newest = max(int(d) for d in os.listdir(latest) if d.isdigit())
+    for root, _, files in os.walk(os.path.join(latest, str(newest), "model")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    model, _ = load_trained(workdir, "latest")
+    assert f"{newest} is unreadable" in capsys.readouterr().err
+    assert model.config.dims == (8, 16)
+
+
+def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
+    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.training import model_init
+    from medmamba_jax.training.errors import TrainingError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    model = model_init.build(tiny_config, 9)
+    model.head.bias.value = model.head.bias.value * jnp.nan
+    save_model(str(tmp_path / "nan_model"), model)
+    tiny_config.init_from = str(tmp_path / "nan_model")
+    workdir = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss is nan at step 0 .*last good checkpoint: none"):
+        train_and_evaluate(tiny_config, str(workdir))
+    assert not (workdir / "results.json").exists()
+    assert not os.listdir(workdir / "checkpoints" / "latest")
+
+
+def test_init_from_another_architecture_is_refused(reference_run, tiny_config):
+    from medmamba_jax.training.errors import TrainingError
+    from medmamba_jax.training.train import prepare
+
+    tiny_config.init_from = reference_run[0]
+    tiny_config.dims = (8, 32)
+    with pytest.raises(TrainingError, match=r"another architecture: dims \(8, 16\) \(config wants \(8, 32\)\)"):
+        prepare(tiny_config)
+
+
+def test_init_from_with_another_head_fine_tunes(reference_run, tiny_config, capsys):
+    from medmamba_jax.training.train import prepare
+
+    tiny_config.init_from = reference_run[0]
+    tiny_config.dataset = "breastmnist"
+    model = prepare(tiny_config).model
+    assert "2-class head is freshly initialised" in capsys.readouterr().err
+    source, _ = load_trained(reference_run[0])
+    np.testing.assert_array_equal(model.patch_embed.proj.kernel.value, source.patch_embed.proj.kernel.value)
+    assert model.head.kernel.value.shape == (16, 2)

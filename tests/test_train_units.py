@@ -1,0 +1,81 @@
+"""Fast pieces of training: the schedule's boundaries, gradient accumulation, config checks, CLI errors."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT
+from medmamba_jax.training import optim
+from medmamba_jax.training.config import default_config, validate
+from medmamba_jax.training.errors import ConfigError
+
+
+def test_lr_drops_exactly_at_the_milestone_epochs():
+    config = default_config()
+    config.learning_rate, config.lr_milestones, config.lr_gamma = 1e-3, (50, 75), 0.1
+    schedule = optim.lr_schedule(config, steps_per_epoch=10)
+    expected = {0: 1e-3, 499: 1e-3, 500: 1e-4, 749: 1e-4, 750: 1e-5, 10_000: 1e-5}
+    for step, lr in expected.items():
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
+
+
+def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
+    config = default_config()
+    config.grad_accum_steps, config.lr_milestones, config.weight_decay = 2, (1,), 0.0
+    tx, _ = optim.make_tx(config, steps_per_epoch=1)
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    grads = [{"w": jnp.full(3, 1.0)}, {"w": jnp.full(3, 3.0)}]
+    updates, state = tx.update(grads[0], state, params)
+    np.testing.assert_array_equal(updates["w"], 0.0)  # accumulating, no update yet
+    updates, state = tx.update(grads[1], state, params)
+    reference = optax.adamw(1e-3, weight_decay=0.0)
+    want, _ = reference.update({"w": jnp.full(3, 2.0)}, reference.init(params), params)
+    np.testing.assert_allclose(updates["w"], want["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model", "medmamba_xl", "model must be one of"),
+    ("best_metric", "loss", "best_metric must be one of"),
+    ("grad_accum_steps", 3, "not a multiple of grad_accum_steps"),
+    ("lr_milestones", (75, 50), "lr_milestones must be increasing"),
+])
+def test_bad_config_values(key, value, message):
+    config = default_config()
+    config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_unknown_config_key():
+    config = default_config()
+    config.learning_rat = 1.0
+    with pytest.raises(ConfigError, match="unknown config key"):
+        validate(config)
+
+
+def _cli(tmp_path, *args):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/smoke.py"),
+           f"--workdir={workdir}", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return result, workdir
+
+
+def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
+    result, workdir = _cli(tmp_path, f"--config.data_dir={tmp_path / 'empty'}")
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "pathmnist.npz" in error[0] and "python -m medmnist download" in error[0]
+    assert "Traceback" not in result.stderr and not workdir.exists()
+
+
+def test_cli_unknown_config_override_fails(tmp_path):
+    result, workdir = _cli(tmp_path, "--config.learning_rat=0.1")
+    assert result.returncode == 1 and not workdir.exists() and "Traceback" not in result.stderr
+    assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr

@@ -1,0 +1,47 @@
+r"""Trains MedMamba: ``python train.py --config=configs/medmnist.py --workdir=DIR [--config.KEY=VALUE]``.
+
+The work is done by ``medmamba_jax.training.train.train_and_evaluate``; this file only
+parses flags and turns bad-input exceptions into a one-line message and exit status 1.
+Running it again with the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/medmnist.py.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+    """absl flag parsing, with ml_collections' traceback for an unknown --config.KEY made one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {err}", file=sys.stderr)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        detail = " ".join(str(err).encode().decode("unicode_escape").replace("'", "").split())
+        print(f"error: bad --config override: {detail}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint operation at INFO
+    from medmamba_jax.data import DataError
+    from medmamba_jax.params import CheckpointError
+    from medmamba_jax.training.errors import ConfigError, TrainingError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    try:
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (DataError, ConfigError, TrainingError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
