@@ -1,0 +1,160 @@
+"""What every analysis command shares: loading the model, and turning bad input into one line.
+
+A model comes from a training workdir (``--workdir W``: weights, config, dataset and
+class names) or from a converted upstream checkpoint (``--checkpoint DIR`` written by
+``python -m medmamba_jax.convert``), which carries no dataset, so its input size and
+class names are given with ``--image-size`` and ``--labels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Callable, Sequence
+
+import ml_collections
+
+from medmamba_jax.models import MedMamba
+
+
+class ToolError(Exception):
+    """Bad input to a command; ``str(err)`` is shown to the user as one line."""
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model in eval mode and what is needed to feed it and name its outputs."""
+
+    model: MedMamba
+    label_names: list[str]
+    task: str  # a MedMNIST task string, e.g. "multi-class"
+    image_size: int  # model input side
+    stored_channels: int  # channels of the images training read (1 for grayscale MedMNIST sets)
+    stored_size: int  # side of the images training read, before the eval transform resized them
+    config: ml_collections.ConfigDict | None = None  # the training config; None for --checkpoint
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task.startswith("multi-label")
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.model.config.in_chans)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (their message is the explanation), not a bug."""
+    from medmamba_jax.data import DataError
+    from medmamba_jax.training.errors import ConfigError, TrainingError
+
+    errors: list[type[BaseException]] = [ToolError, DataError, ConfigError, TrainingError, FileNotFoundError]
+    try:
+        from medmamba_jax.params import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:  # the conversion module is optional for these tools
+        pass
+    return tuple(errors)
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Runs ``main(argv)``; an expected error prints ``error: ...`` and gives exit status 1."""
+    try:
+        return main(argv)
+    except _expected_errors() as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None:
+    """``--workdir`` (and, where a dataset is not needed, ``--checkpoint``) options."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="training workdir written by train.py")
+    parser.add_argument("--which", choices=("best", "latest"), default="best",
+                        help="which checkpoint of the workdir (default: best)")
+    if checkpoint_ok:
+        source.add_argument("--checkpoint", help="converted upstream checkpoint directory "
+                            "(python -m medmamba_jax.convert); needs --image-size and --labels")
+        parser.add_argument("--image-size", type=int, default=224, help="model input size for --checkpoint")
+        parser.add_argument("--labels", help="class names for --checkpoint: comma-separated, "
+                            "or a text file with one name per line (default: class_0, class_1, ...)")
+
+
+def load(args: argparse.Namespace) -> Loaded:
+    """The model and its data description named by ``add_model_args`` options."""
+    if getattr(args, "checkpoint", None):
+        return from_checkpoint(args.checkpoint, args.image_size, args.labels)
+    return from_workdir(args.workdir, args.which)
+
+
+def from_workdir(workdir: str, which: str = "best") -> Loaded:
+    """The trained model of a train.py workdir, with its dataset's class names and task."""
+    from medmamba_jax.data import dataset_info
+    from medmamba_jax.training.checkpointing import load_trained
+
+    workdir = os.path.expanduser(workdir)
+    if not os.path.isdir(workdir):
+        raise ToolError(f"workdir {workdir} does not exist")
+    model, config = load_trained(workdir, which)
+    info = dataset_info(config)
+    # MedMNIST images are stored at config.size and resized on the device; image-folder
+    # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
+    stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
+    return Loaded(model, list(info["label_names"]), info["task"], int(config.image_size),
+                  int(info["n_channels"]), stored, config)
+
+
+def _label_names(labels: str | None, num_classes: int) -> list[str]:
+    if not labels:
+        return [f"class_{i}" for i in range(num_classes)]
+    if os.path.isfile(labels):
+        with open(labels) as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = [name.strip() for name in labels.split(",")]
+    if len(names) != num_classes:
+        raise ToolError(f"--labels gives {len(names)} names but the checkpoint has {num_classes} classes")
+    return names
+
+
+def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Loaded:
+    """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class."""
+    try:
+        from medmamba_jax.checkpoints import load_model
+    except ImportError as err:  # pragma: no cover - depends on the lead's module being present
+        raise ToolError(f"--checkpoint needs medmamba_jax.checkpoints ({err})") from err
+    if not os.path.isdir(directory):
+        raise ToolError(f"checkpoint directory {directory} does not exist")
+    model = load_model(directory)
+    model.eval()
+    names = _label_names(labels, int(model.config.num_classes))
+    return Loaded(model, names, "multi-class", int(image_size), int(model.config.in_chans), int(image_size))
+
+
+def resolve_split(split: str) -> str:
+    from medmamba_jax.data import SPLITS
+
+    if split not in SPLITS:
+        raise ToolError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return split
+
+
+def load_split(loaded: Loaded, split: str, limit: int | None = None):
+    """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given."""
+    from medmamba_jax.data import load_split as data_load_split
+
+    if loaded.config is None:
+        raise ToolError("this command needs a dataset: use --workdir, not --checkpoint")
+    images, labels = data_load_split(loaded.config, resolve_split(split))
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def output_dir(path: str) -> str:
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    return path

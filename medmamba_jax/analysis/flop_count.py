@@ -1,0 +1,126 @@
+"""FLOPs of a compiled MedMamba forward pass, with loop bodies counted as many times as they run.
+
+XLA's cost analysis (``compiled.cost_analysis()["flops"]``) counts every operation of the
+optimised program, a multiply-add as 2 FLOPs, but it counts the body of a while loop
+once whatever its trip count. The selective scan is a ``lax.scan`` (over chunks, or over
+every position), so the raw number leaves most of the scan out. ``forward_flops`` adds
+the missing ``(length - 1)`` runs of each scan body, costed by XLA on its own.
+
+``conv_matmul_macs`` counts the multiply-accumulates of convolutions and matrix products
+from the jaxpr: the quantity fvcore and most papers report as "FLOPs".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.extend import core as jcore
+
+from medmamba_jax.models import MedMamba
+
+
+def abstract_model(build: Callable[[nnx.Rngs], MedMamba]) -> MedMamba:
+    """``build(rngs)`` in eval mode with weights as shapes only: nothing is allocated or initialised.
+
+    ``build`` is e.g. ``lambda rngs: build_model(config, rngs)`` or a variant factory.
+    """
+    model = nnx.eval_shape(lambda: build(nnx.Rngs(params=0, dropout=0)))
+    model.eval()
+    return model
+
+
+def forward_fn(model: MedMamba) -> tuple[Callable, nnx.State]:
+    """(fn(state, x) -> logits, abstract state) for tracing and lowering the forward pass."""
+    graphdef, state = nnx.split(model)
+    return (lambda s, x: nnx.merge(graphdef, s)(x)), state
+
+
+def _input(model: MedMamba, image_size: int, batch: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch, image_size, image_size, model.config.in_chans), jnp.float32)
+
+
+def _xla_flops(fn: Callable, *args) -> float:
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device program
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))
+
+
+def _sub_jaxprs(eqn) -> Iterator[jcore.Jaxpr]:
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jcore.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jcore.Jaxpr):
+                yield item
+
+
+def _body_flops(body: jcore.ClosedJaxpr) -> float:
+    """XLA's FLOPs of one run of a scan body, with its own inner scans fully counted."""
+    args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+    return _xla_flops(jcore.jaxpr_as_fun(body), *args) + _loop_correction(body.jaxpr)
+
+
+def _loop_correction(jaxpr: jcore.Jaxpr) -> float:
+    """FLOPs that XLA's once-per-loop counting misses in ``jaxpr``: (length - 1) x body per scan."""
+    extra = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            extra += (eqn.params["length"] - 1) * _body_flops(eqn.params["jaxpr"])
+        else:
+            extra += sum(_loop_correction(sub) for sub in _sub_jaxprs(eqn))
+    return extra
+
+
+def counted_flops(fn: Callable, *args) -> dict[str, float]:
+    """XLA FLOPs of ``fn(*args)``: raw (loop bodies once) and with every scan iteration counted."""
+    raw = _xla_flops(fn, *args)
+    return {"xla_flops_raw": raw, "xla_flops": raw + _loop_correction(jax.make_jaxpr(fn)(*args).jaxpr)}
+
+
+def forward_flops(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
+    """``counted_flops`` of one forward pass of ``batch`` images."""
+    fn, state = forward_fn(model)
+    return counted_flops(fn, state, _input(model, image_size, batch))
+
+
+def _eqn_macs(eqn) -> float:
+    """Multiply-accumulates of one dot_general or conv_general_dilated equation."""
+    out = eqn.outvars[0].aval.shape
+    if eqn.primitive.name == "dot_general":
+        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+    rhs = eqn.invars[1].aval.shape
+    rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial)
+    per_output = rhs[rhs_spec[1]] * math.prod(rhs[d] for d in rhs_spec[2:])  # in-feature is per group already
+    return math.prod(out) * per_output
+
+
+def _walk_macs(jaxpr: jcore.Jaxpr, times: int = 1) -> dict[str, float]:
+    totals = {"conv": 0.0, "matmul": 0.0}
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in ("dot_general", "conv_general_dilated"):
+            totals["conv" if name.startswith("conv") else "matmul"] += times * _eqn_macs(eqn)
+            continue
+        repeat = eqn.params["length"] if name == "scan" else 1
+        for sub in _sub_jaxprs(eqn):
+            for key, value in _walk_macs(sub, times * repeat).items():
+                totals[key] += value
+    return totals
+
+
+def macs(fn: Callable, *args) -> dict[str, float]:
+    """Multiply-accumulates of the convolutions ("conv") and matrix products ("matmul") of ``fn(*args)``."""
+    return _walk_macs(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def conv_matmul_macs(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
+    """``macs`` of the model's forward pass: convolutions, and linear layers and projections."""
+    fn, state = forward_fn(model)
+    return macs(fn, state, _input(model, image_size, batch))

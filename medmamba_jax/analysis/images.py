@@ -1,0 +1,102 @@
+"""Reading image files (PNG, JPEG, DICOM) into the uint8 form training read from its dataset.
+
+Training read MedMNIST images at their stored size (``config.size``) with 1 channel
+(grayscale sets) or 3 (RGB sets), and image-folder images as RGB resized to
+``image_size``; the eval transform then resized to the model's input and repeated a
+grayscale channel. ``to_stored`` makes any file look like those stored images, so the
+same eval transform gives the model what training gave it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# DICOM files have no reliable extension, so they are also recognised by their magic bytes.
+_DICOM_MAGIC_OFFSET, _DICOM_MAGIC = 128, b"DICM"
+
+
+class ImageReadError(ValueError):
+    """A file that is not a readable image; ``str(err)`` names the file and the reason."""
+
+
+def _is_dicom(path: str) -> bool:
+    if path.lower().endswith((".dcm", ".dicom")):
+        return True
+    with open(path, "rb") as f:
+        f.seek(_DICOM_MAGIC_OFFSET)
+        return f.read(4) == _DICOM_MAGIC
+
+
+def _window_to_uint8(pixels: np.ndarray, ds) -> np.ndarray:
+    """DICOM pixel values -> uint8, through the file's VOI window when it has one, else min-max.
+
+    The window is what a radiologist's viewer shows; min-max keeps all contrast otherwise.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds).astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # 0 is white in MONOCHROME1
+        scaled = 1.0 - scaled
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def _read_dicom(path: str) -> Image.Image:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise ImageReadError(f"{path}: not a readable DICOM image ({type(err).__name__}: {err})") from err
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):  # a multi-frame series: take the middle frame
+        pixels = pixels[len(pixels) // 2]
+    if pixels.ndim == 3:  # colour DICOM (RGB after pydicom's conversion)
+        return Image.fromarray(pixels.astype(np.uint8)[..., :3])
+    return Image.fromarray(_window_to_uint8(pixels, ds))
+
+
+def read_image(path: str) -> Image.Image:
+    """A PIL image of a PNG, JPEG (anything Pillow reads) or DICOM file; ImageReadError otherwise."""
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: no such file")
+    if _is_dicom(path):
+        return _read_dicom(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageReadError(f"{path}: not a readable image (PNG, JPEG or DICOM): {err}") from err
+
+
+def to_stored(image: Image.Image, channels: int, size: int) -> np.ndarray:
+    """(size, size, channels) uint8 like the dataset's stored images.
+
+    RGBA is composited on black (as MedMNIST's RGB conversion drops alpha), 16-bit
+    grayscale is scaled to 8 bits, and grayscale becomes RGB (or RGB grayscale) as needed.
+    """
+    if image.mode in ("I;16", "I;16B", "I", "F"):  # high bit depth grayscale
+        values = np.asarray(image, np.float64)
+        lo, hi = values.min(), values.max()
+        image = Image.fromarray(np.round((values - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    array = np.asarray(image, np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def load_for_model(path: str, channels: int, size: int) -> np.ndarray:
+    """``read_image`` then ``to_stored``: (size, size, channels) uint8."""
+    return to_stored(read_image(path), channels, size)

@@ -1,0 +1,140 @@
+"""Every figure of the analysis commands, with matplotlib's non-interactive Agg backend.
+
+Each function draws one figure and saves it as PNG at ``path``; class names always label
+the axes or legend, and colour maps are perceptually uniform (viridis, Blues) except the
+Grad-CAM overlay, which uses the conventional jet so hot regions read at a glance.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed on servers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+DPI = 150
+
+
+def _save(fig, path: str) -> str:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _short(name: str, width: int = 28) -> str:
+    """Class names can be sentences (MedMNIST's); cut them so the axes stay legible."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def confusion_matrix(matrix: np.ndarray, names: list[str], title: str, path: str) -> str:
+    """Counts (K, K), rows true and columns predicted, shaded by the row-normalised rate."""
+    matrix = np.asarray(matrix)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * k + 3), max(4.0, 0.6 * k + 2.5)))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    labels = [_short(n) for n in names]
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def multilabel_confusion(truth: np.ndarray, pred: np.ndarray, names: list[str], title: str, path: str) -> str:
+    """Per-label TP / FN / FP / TN counts (multi-label tasks have no K x K matrix)."""
+    truth, pred = truth.astype(bool), pred.astype(bool)
+    counts = np.stack([(truth & pred).sum(0), (truth & ~pred).sum(0), (~truth & pred).sum(0),
+                       (~truth & ~pred).sum(0)], axis=1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, max(3.5, 0.45 * len(names) + 1.5)))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, label="fraction of images")
+    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    ax.set_yticks(range(len(names)), [_short(n) for n in names])
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("outcome (threshold 0.5)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc(truth_1h: np.ndarray, scores: np.ndarray, aucs: list[float], names: list[str], title: str, path: str) -> str:
+    """One-vs-rest ROC curve per class (N, K) with its AUC in the legend; classes absent from truth are skipped."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for k, name in enumerate(names):
+        column = truth_1h[:, k]
+        if column.min() == column.max():
+            continue
+        fpr, tpr, _ = roc_curve(column, scores[:, k])
+        ax.plot(fpr, tpr, color=colours(k % colours.N), lw=1.5, label=f"{_short(name)} (AUC {aucs[k]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def tsne(points: np.ndarray, classes: np.ndarray, names: list[str], title: str, path: str) -> str:
+    """2-D embedding (N, 2) coloured by class index (N,) into ``names``."""
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for k, name in enumerate(names):
+        mask = classes == k
+        if mask.any():
+            ax.scatter(points[mask, 0], points[mask, 1], s=30 if len(points) < 300 else 10, color=colours(k % colours.N),
+                       label=f"{_short(name)} ({mask.sum()})", alpha=0.8, edgecolors="none")
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=1.5, title="true class")
+    return _save(fig, path)
+
+
+def gradcam(image: np.ndarray, cam: np.ndarray, title: str, path: str) -> str:
+    """Input image (H, W, C) uint8, the Grad-CAM map (H, W) in [0, 1], and their overlay, side by side."""
+    shown = image[..., 0] if image.shape[-1] == 1 else image
+    cmap = "gray" if shown.ndim == 2 else None
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8), gridspec_kw={"wspace": 0.25})
+    axes[0].imshow(shown, cmap=cmap, vmin=0, vmax=255)
+    axes[0].set_title("input")
+    heat = axes[1].imshow(cam, cmap="jet", vmin=0, vmax=1)
+    axes[1].set_title("Grad-CAM (relevance, 0 to 1)")
+    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[2].imshow(shown, cmap=cmap, vmin=0, vmax=255)
+    axes[2].imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.45)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def robustness(table: dict[str, list[float]], metric: str, title: str, path: str) -> str:
+    """One line per perturbation: ``metric`` at severities 0 (clean) .. 5."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^vP*Xh"
+    for i, (name, values) in enumerate(table.items()):
+        ax.plot(range(len(values)), values, marker=markers[i % len(markers)], label=name.replace("_", " "))
+    ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+    ax.set_xlabel("severity")
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)

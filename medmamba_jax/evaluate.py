@@ -1,0 +1,103 @@
+r"""Evaluate a trained workdir on a split: metrics.json, confusion_matrix.png, roc.png and a table.
+
+    python -m medmamba_jax.evaluate --workdir runs/pathmnist [--split test] [--out DIR]
+
+metrics.json has the results.json keys (accuracy, auc, precision, sensitivity,
+specificity, f1) and the per-class lists, computed by medmamba_jax.evaluation.metrics
+exactly as training does, so the test split of the best checkpoint reproduces results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from medmamba_jax.analysis import cli
+
+PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.evaluate", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_model_args(parser, checkpoint_ok=False)
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (default: all)")
+    return parser.parse_args(argv)
+
+
+def one_hot_truth(labels: np.ndarray, num_classes: int, multi_label: bool) -> np.ndarray:
+    """(N, K) boolean truth: the labels themselves for multi-label, one-hot otherwise."""
+    if multi_label:
+        return np.asarray(labels).astype(bool)
+    return np.eye(num_classes, dtype=bool)[np.asarray(labels).reshape(-1)]
+
+
+def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray, title: str) -> str:
+    """A fixed-width table: one row per class and a macro-average row."""
+    width = max(12, min(32, max(len(n) for n in names)))
+    header = f"{'class':<{width}} " + " ".join(f"{k:>11}" for k in PER_CLASS) + f" {'support':>8}"
+    lines = [title, header, "-" * len(header)]
+    for k, name in enumerate(names):
+        values = " ".join(f"{metrics[f'per_class_{m}'][k]:>11.4f}" for m in PER_CLASS)
+        shown = name if len(name) <= width else name[: width - 1] + "…"
+        lines.append(f"{shown:<{width}} {values} {int(support[k]):>8}")
+    lines.append("-" * len(header))
+    lines.append(f"{'macro average':<{width}} " + " ".join(f"{metrics[m]:>11.4f}" for m in PER_CLASS)
+                 + f" {int(support.sum()):>8}")
+    lines.append(f"accuracy {metrics['accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, scores: np.ndarray,
+                metrics: dict[str, Any], split: str) -> list[str]:
+    from medmamba_jax.analysis import plots
+
+    names = loaded.label_names
+    truth = one_hot_truth(labels, len(names), loaded.multi_label)
+    dataset = loaded.config.dataset
+    confusion_path, roc_path = os.path.join(out, "confusion_matrix.png"), os.path.join(out, "roc.png")
+    if loaded.multi_label:
+        plots.multilabel_confusion(truth, scores > 0.5, names, f"{dataset} {split}: per-label outcomes", confusion_path)
+    else:
+        plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]), names,
+                               f"{dataset} {split}: confusion matrix (accuracy {metrics['accuracy']:.3f})",
+                               confusion_path)
+    plots.roc(truth, scores, metrics["per_class_auc"], names,
+              f"{dataset} {split}: one-vs-rest ROC (macro AUC {metrics['auc']:.3f})", roc_path)
+    return [confusion_path, roc_path]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from medmamba_jax.data import eval_transform
+    from medmamba_jax.evaluation import compute_metrics, predict_scores
+    from medmamba_jax.training.checkpointing import write_json
+
+    cli.resolve_split(args.split)  # fail on a bad split before loading anything
+    loaded = cli.from_workdir(args.workdir, args.which)
+    images, labels = cli.load_split(loaded, args.split, args.limit)
+    print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
+    scores = predict_scores(loaded.model, images, args.batch_size, multi_label=loaded.multi_label,
+                            transform=eval_transform(loaded.config))
+    metrics = compute_metrics(labels, scores, loaded.task)
+    out = cli.output_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
+    support = one_hot_truth(labels, len(loaded.label_names), loaded.multi_label).sum(axis=0)
+    record = {**metrics, "split": args.split, "checkpoint": args.which, "num_images": int(len(images)),
+              "label_names": loaded.label_names, "support": support.tolist()}
+    write_json(os.path.join(out, "metrics.json"), record)
+    written = write_plots(out, loaded, labels, scores, metrics, args.split)
+    print(format_table(metrics, loaded.label_names, support,
+                       f"{loaded.config.dataset} {args.split} ({len(images)} images, {args.which} checkpoint)"))
+    print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

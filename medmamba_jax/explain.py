@@ -1,0 +1,174 @@
+r"""Explain a trained model: Grad-CAM overlays for image files, or a t-SNE map of a split.
+
+    python -m medmamba_jax.explain gradcam --workdir runs/pathmnist img1.png img2.dcm --out cams/
+    python -m medmamba_jax.explain tsne --workdir runs/pathmnist [--split test] --out tsne/
+
+Grad-CAM is computed on the last stage by JAX autodiff through the NNX model (see
+medmamba_jax.analysis.gradcam) for the predicted class, or for --target. t-SNE
+(scikit-learn) embeds the globally pooled last-stage features, coloured by true class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from medmamba_jax.analysis import cli
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.explain", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    cam = commands.add_parser("gradcam", help="Grad-CAM overlay PNG per image file")
+    cli.add_model_args(cam, checkpoint_ok=True)
+    cam.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    cam.add_argument("--out", required=True, help="output directory for IMAGE_gradcam.png files")
+    cam.add_argument("--target", help="class name or index to explain (default: the predicted class)")
+    tsne = commands.add_parser("tsne", help="t-SNE of pooled features of a split, coloured by class")
+    cli.add_model_args(tsne, checkpoint_ok=False)
+    tsne.add_argument("--split", default="test", help="train, val or test (default: test)")
+    tsne.add_argument("--out", required=True, help="output directory for tsne.png and tsne.json")
+    tsne.add_argument("--limit", type=int, default=2000, help="embed at most N images (default: 2000)")
+    tsne.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
+    tsne.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    tsne.add_argument("--seed", type=int, default=0, help="t-SNE random state (default: 0)")
+    return parser.parse_args(argv)
+
+
+def resolve_target(target: str | None, names: list[str]) -> int | None:
+    """A class index from a name or an index string; None means the predicted class."""
+    if target is None:
+        return None
+    if target in names:
+        return names.index(target)
+    if target.isdigit() and int(target) < len(names):
+        return int(target)
+    raise cli.ToolError(f"--target {target!r} is not a class name or index; classes: {', '.join(names)}")
+
+
+def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int | None, out: str) -> dict:
+    """Grad-CAM of one stored-form image (S, S, C) uint8; saves the figure and returns a summary record."""
+    from medmamba_jax.analysis import plots
+    from medmamba_jax.analysis.gradcam import gradcam
+    from medmamba_jax.data.transforms import EvalTransform
+
+    x = EvalTransform(loaded.image_size, loaded.in_chans)(image[None])
+    logits = np.asarray(loaded.model(x))[0]
+    probs = np.asarray(jax.nn.sigmoid(logits) if loaded.multi_label else jax.nn.softmax(logits))
+    predicted = int(np.argmax(probs))
+    chosen = predicted if target is None else target
+    cam, _ = gradcam(loaded.model, x, np.array([chosen]))
+    # Show the image at the model's input size, where the map lives.
+    shown = np.asarray(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).resize(
+        (loaded.image_size, loaded.image_size), Image.BILINEAR))
+    shown = shown[..., None] if shown.ndim == 2 else shown
+    names = loaded.label_names
+    stem = os.path.splitext(os.path.basename(path))[0]
+    suffix = "" if target is None else f"_class{chosen}"
+    figure = os.path.join(out, f"{stem}_gradcam{suffix}.png")
+    title = (f"{os.path.basename(path)}: Grad-CAM for '{names[chosen]}' (p={probs[chosen]:.3f})\n"
+             f"predicted '{names[predicted]}' (p={probs[predicted]:.3f})")
+    plots.gradcam(shown, np.asarray(cam[0]), title, figure)
+    return {"file": path, "target": names[chosen], "target_probability": round(float(probs[chosen]), 6),
+            "prediction": names[predicted], "figure": figure}
+
+
+def run_gradcam(args: argparse.Namespace) -> int:
+    from medmamba_jax.predict import read_images
+
+    from medmamba_jax.analysis.gradcam import map_resolution
+
+    loaded = cli.load(args)
+    target = resolve_target(args.target, loaded.label_names)
+    out = cli.output_dir(args.out)
+    side = map_resolution(loaded.model, loaded.image_size)
+    if side < 2:
+        print(f"warning: at {loaded.image_size}px the last stage is {side}x{side}, so Grad-CAM has no spatial "
+              "detail; the maps are blank", file=sys.stderr)
+    failed = 0
+    for path, image in read_images(args.images, loaded):
+        if isinstance(image, str):
+            failed += 1
+            print(f"error: {image}", file=sys.stderr, flush=True)
+            continue
+        print(json.dumps(explain_file(path, image, loaded, target, out)), flush=True)
+    if failed:
+        print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+@nnx.jit(static_argnums=(2,))
+def _features(model, images, transform):
+    return model.features(transform(images))
+
+
+def pooled_features(loaded: cli.Loaded, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, dims[-1]) pooled last-stage features of uint8 images, in fixed-size batches (one compile)."""
+    from tqdm import tqdm
+
+    from medmamba_jax.data import eval_transform
+
+    transform, out = eval_transform(loaded.config), []
+    batch_size = min(batch_size, len(images))
+    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", file=sys.stderr,
+                      disable=len(images) <= batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        count = len(batch)
+        if count < batch_size:  # pad to the compiled shape; the copies are dropped
+            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
+        out.append(np.asarray(_features(loaded.model, batch, transform))[:count])
+    return np.concatenate(out)
+
+
+def colour_classes(labels: np.ndarray, names: list[str], multi_label: bool) -> tuple[np.ndarray, list[str]]:
+    """A class index per image for colouring: the label, or for multi-label the first positive label,
+    with images that have none in an extra 'no positive label' class."""
+    if not multi_label:
+        return np.asarray(labels).reshape(-1), names
+    labels = np.asarray(labels).astype(bool)
+    first = np.where(labels.any(axis=1), labels.argmax(axis=1), len(names))
+    return first, names + ["no positive label"]
+
+
+def run_tsne(args: argparse.Namespace) -> int:
+    from sklearn.manifold import TSNE
+
+    from medmamba_jax.analysis import plots
+
+    cli.resolve_split(args.split)
+    loaded = cli.from_workdir(args.workdir, args.which)
+    images, labels = cli.load_split(loaded, args.split, args.limit)
+    if len(images) < 5:
+        raise cli.ToolError(f"t-SNE needs at least 5 images; the {args.split} split has {len(images)}")
+    features = pooled_features(loaded, images, args.batch_size)
+    perplexity = min(args.perplexity, (len(images) - 1) / 3)
+    print(f"t-SNE of {len(images)} x {features.shape[1]} features, perplexity {perplexity:.1f}", file=sys.stderr)
+    points = TSNE(2, perplexity=perplexity, init="pca", random_state=args.seed).fit_transform(features)
+    classes, names = colour_classes(labels, loaded.label_names, loaded.multi_label)
+    out = cli.output_dir(args.out)
+    figure = plots.tsne(points, classes, names, f"{loaded.config.dataset} {args.split}: t-SNE of pooled "
+                        f"last-stage features ({len(images)} images)", os.path.join(out, "tsne.png"))
+    with open(os.path.join(out, "tsne.json"), "w") as f:
+        json.dump({"points": points.round(4).tolist(), "classes": classes.tolist(), "class_names": names,
+                   "perplexity": perplexity, "split": args.split}, f)
+    print(f"wrote {figure}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_gradcam(args) if args.command == "gradcam" else run_tsne(args)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,86 @@
+r"""Classify image files (PNG, JPEG, DICOM) with a trained workdir or a converted checkpoint.
+
+    python -m medmamba_jax.predict --workdir runs/pathmnist scan1.png scan2.dcm
+    python -m medmamba_jax.predict --checkpoint converted/ --image-size 224 --labels a,b,c img.jpg
+
+Prints one JSON line per image: its top-k class names and probabilities. Each file is
+converted the way training saw its dataset (channels, stored size, then the eval
+transform). A file that cannot be read gets a one-line error on stderr; the others are
+still classified, and the exit status is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from medmamba_jax.analysis import cli
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.predict", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_model_args(parser, checkpoint_ok=True)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    parser.add_argument("--top-k", type=int, default=3, help="classes to print per image (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    return parser.parse_args(argv)
+
+
+def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str, np.ndarray | str]]:
+    """(path, stored-form uint8 image) per path, or (path, error message) when unreadable."""
+    from medmamba_jax.analysis.images import ImageReadError, load_for_model
+
+    for path in paths:
+        try:
+            yield path, load_for_model(path, loaded.stored_channels, loaded.stored_size)
+        except ImageReadError as err:
+            yield path, str(err)
+
+
+def prediction_record(path: str, probs: np.ndarray, loaded: cli.Loaded, top_k: int) -> dict[str, Any]:
+    """The JSON line of one image from its probabilities (K,)."""
+    order = np.argsort(-probs)[: max(1, top_k)]
+    top = [{"class": loaded.label_names[i], "index": int(i), "probability": round(float(probs[i]), 6)} for i in order]
+    record: dict[str, Any] = {"file": path, "prediction": top[0]["class"], "top_k": top}
+    if loaded.multi_label:  # each label is its own yes/no decision at 0.5
+        record["positive_labels"] = [loaded.label_names[i] for i in np.flatnonzero(probs > 0.5)]
+    return record
+
+
+def classify(images: list[np.ndarray], loaded: cli.Loaded, batch_size: int) -> np.ndarray:
+    """Probabilities (N, K) of stored-form images, through the training eval transform."""
+    from medmamba_jax.data.transforms import EvalTransform
+    from medmamba_jax.evaluation import predict_scores
+
+    transform = EvalTransform(loaded.image_size, loaded.in_chans)
+    return predict_scores(loaded.model, np.stack(images), min(batch_size, len(images)),
+                          multi_label=loaded.multi_label, transform=transform)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    loaded = cli.load(args)
+    failed = 0
+    for start in range(0, len(args.images), args.batch_size):
+        chunk = list(read_images(args.images[start : start + args.batch_size], loaded))
+        good = [(path, image) for path, image in chunk if not isinstance(image, str)]
+        probs = iter(classify([image for _, image in good], loaded, args.batch_size)) if good else iter(())
+        for path, image in chunk:  # input order, errors in place
+            if isinstance(image, str):
+                failed += 1
+                print(f"error: {image}", file=sys.stderr, flush=True)
+            else:
+                print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
+    if failed:
+        print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,137 @@
+r"""Robustness of a trained workdir to image perturbations, each at 5 severities.
+
+    python -m medmamba_jax.robustness --workdir runs/pathmnist --out robustness/ [--split test]
+
+Runs rotation, translation, colour temperature (RGB datasets only), Gaussian noise, blur
+and contrast (medmamba_jax.analysis.perturb) on the stored images, then the usual eval
+transform, and the MedMNIST-C corruptions for the dataset when the optional medmnistc
+package is installed. Writes robustness.json (metrics per perturbation and severity) and
+one line plot per metric, robustness_METRIC.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from medmamba_jax.analysis import cli
+
+METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.robustness", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_model_args(parser, checkpoint_ok=False)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--no-medmnistc", action="store_true", help="skip the MedMNIST-C corruptions")
+    return parser.parse_args(argv)
+
+
+class Scorer:
+    """Summary metrics of the model on (perturbed) uint8 images against fixed labels."""
+
+    def __init__(self, loaded: cli.Loaded, labels: np.ndarray, batch_size: int):
+        self.loaded, self.labels, self.batch_size = loaded, labels, batch_size
+
+    def __call__(self, images: np.ndarray) -> dict[str, float]:
+        from medmamba_jax.data import eval_transform
+        from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
+
+        scores = predict_scores(self.loaded.model, images, self.batch_size, multi_label=self.loaded.multi_label,
+                                transform=eval_transform(self.loaded.config))
+        return summary(compute_metrics(self.labels, scores, self.loaded.task))
+
+
+def sweep(name: str, apply: Callable[[np.ndarray, int], np.ndarray], images: np.ndarray, score: Scorer,
+          clean: dict[str, float], bar: tqdm) -> list[dict[str, float]]:
+    """Metrics at severities 0 (the clean result) to 5 of one perturbation."""
+    rows = [{"severity": 0, **clean}]
+    for severity in range(1, 6):
+        bar.set_postfix_str(f"{name} {severity}")
+        rows.append({"severity": severity, **score(apply(images, severity))})
+        bar.update()
+    return rows
+
+
+def run_all(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray, batch_size: int,
+            use_medmnistc: bool) -> dict[str, Any]:
+    """The robustness table: clean metrics, then every applicable perturbation's severities."""
+    from medmamba_jax.analysis import perturb
+
+    score = Scorer(loaded, labels, batch_size)
+    rgb = images.shape[-1] == 3
+    own = [p for p in perturb.PERTURBATIONS if rgb or not p.rgb_only]
+    skipped = {p.name: "needs RGB images; this dataset is grayscale" for p in perturb.PERTURBATIONS if p not in own}
+    extra: dict[str, Callable] = {}
+    if use_medmnistc:
+        found = perturb.medmnistc_corruptions(loaded.config.dataset)
+        if isinstance(found, str):
+            skipped["medmnistc"] = found
+            print(f"note: {found}", file=sys.stderr)
+        else:
+            extra = found
+    clean = score(images)
+    table: dict[str, Any] = {"clean": clean, "perturbations": {}, "medmnistc": {}, "skipped": skipped,
+                             "num_images": int(len(images))}
+    with tqdm(total=5 * (len(own) + len(extra)), desc="robustness", unit="eval", file=sys.stderr) as bar:
+        for p in own:
+            table["perturbations"][p.name] = {"unit": p.unit, "params": list(p.params),
+                                              "results": sweep(p.name, p, images, score, clean, bar)}
+        for name, apply in extra.items():
+            table["medmnistc"][name] = {"results": sweep(name, apply, images, score, clean, bar)}
+    return table
+
+
+def write_plots(table: dict[str, Any], out: str, title: str) -> list[str]:
+    from medmamba_jax.analysis import plots
+
+    groups = {**table["perturbations"], **{f"C: {k}": v for k, v in table["medmnistc"].items()}}
+    paths = []
+    for metric in METRICS:
+        lines = {name: [row[metric] for row in entry["results"]] for name, entry in groups.items()}
+        path = os.path.join(out, f"robustness_{metric}.png")
+        paths.append(plots.robustness(lines, metric, f"{title}: {metric} under perturbation", path))
+    return paths
+
+
+def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
+    """``metric`` per perturbation (rows) and severity (columns)."""
+    groups = {**table["perturbations"], **{f"C:{k}": v for k, v in table["medmnistc"].items()}}
+    width = max([20] + [len(n) for n in groups])
+    lines = [f"{metric:<{width}} " + " ".join(f"{s:>7}" for s in ("clean", "1", "2", "3", "4", "5"))]
+    for name, entry in groups.items():
+        lines.append(f"{name:<{width}} " + " ".join(f"{row[metric]:>7.4f}" for row in entry["results"]))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from medmamba_jax.training.checkpointing import write_json
+
+    cli.resolve_split(args.split)
+    loaded = cli.from_workdir(args.workdir, args.which)
+    images, labels = cli.load_split(loaded, args.split, args.limit)
+    images = np.asarray(images)
+    table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc)
+    table.update(split=args.split, dataset=loaded.config.dataset)
+    out = cli.output_dir(args.out)
+    write_json(os.path.join(out, "robustness.json"), table)
+    paths = write_plots(table, out, f"{loaded.config.dataset} {args.split}")
+    print(format_table(table))
+    for name, reason in table["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    print(f"wrote {os.path.join(out, 'robustness.json')} and {len(paths)} plots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,167 @@
+"""The analysis commands (evaluate, predict, explain, robustness, flops) on a tiny trained workdir."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from tools_fixtures import assert_png_not_blank, sample_images, tools_workdir  # noqa: F401 - fixtures
+
+from medmamba_jax import evaluate, explain, flops, predict, robustness
+from medmamba_jax.analysis import cli
+from medmamba_jax.evaluation import SUMMARY_KEYS
+
+PATHMNIST_CLASSES = 9
+
+
+def run(main, argv) -> int:
+    return cli.run(main, argv)
+
+
+@pytest.mark.parametrize("module", [evaluate, predict, explain, robustness, flops])
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: python -m medmamba_jax." in capsys.readouterr().out
+
+
+def test_evaluate_writes_metrics_and_plots(tools_workdir, tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    assert run(evaluate.main, ["--workdir", tools_workdir, "--out", out]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for key in SUMMARY_KEYS:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    for key in ("precision", "sensitivity", "specificity", "f1", "auc"):
+        values = metrics[f"per_class_{key}"]
+        assert len(values) == PATHMNIST_CLASSES and all(0 <= v <= 1 for v in values if not math.isnan(v))
+    results = json.load(open(os.path.join(tools_workdir, "results.json")))
+    assert metrics["accuracy"] == pytest.approx(results["accuracy"])  # same best checkpoint, same test split
+    assert metrics["label_names"][0] == "adipose"
+    assert sum(metrics["support"]) == metrics["num_images"] == 18
+    for name in ("confusion_matrix.png", "roc.png"):
+        assert_png_not_blank(os.path.join(out, name))
+    table = capsys.readouterr().out
+    assert "macro average" in table and "adipose" in table
+
+
+def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images, capsys):
+    files = [sample_images[n] for n in ("rgb.png", "gray.png", "notes.txt", "rgba.png", "photo.jpg", "scan.dcm")]
+    assert run(predict.main, ["--workdir", tools_workdir, "--top-k", "3", *files]) == 1  # one file failed
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [line["file"] for line in lines] == [f for f in files if not f.endswith(".txt")]
+    for line in lines:
+        probs = [entry["probability"] for entry in line["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        assert line["prediction"] == line["top_k"][0]["class"]
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert any("notes.txt" in line and "not a readable image" in line for line in errors)
+
+
+def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
+    import jax.numpy as jnp
+
+    from medmamba_jax.analysis.gradcam import gradcam, head_logits
+    from medmamba_jax.analysis.images import load_for_model
+    from medmamba_jax.data.transforms import EvalTransform
+
+    loaded = cli.from_workdir(tools_workdir)
+    image = load_for_model(sample_images["rgb.png"], loaded.stored_channels, loaded.stored_size)
+    x = EvalTransform(loaded.image_size, loaded.in_chans)(image[None])
+    # The split forward Grad-CAM differentiates is the model's own forward.
+    np.testing.assert_allclose(head_logits(loaded.model, loaded.model.last_stage(x)), loaded.model(x), atol=1e-5)
+    maps = [np.asarray(gradcam(loaded.model, x, jnp.array([k]))[0][0]) for k in range(PATHMNIST_CLASSES)]
+    assert maps[0].shape == (64, 64) and all(0 <= m.min() and m.max() <= 1 for m in maps)
+    assert max(np.abs(maps[0] - m).max() for m in maps[1:]) > 0.05
+
+
+def test_explain_gradcam_command(tools_workdir, sample_images, tmp_path, capsys):
+    out = str(tmp_path / "cams")
+    files = [sample_images["rgb.png"], sample_images["scan.dcm"]]
+    assert run(explain.main, ["gradcam", "--workdir", tools_workdir, *files, "--out", out, "--target", "debris"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["target"] for r in records] == ["debris", "debris"]
+    for record in records:
+        assert_png_not_blank(record["figure"])
+    assert run(explain.main, ["gradcam", "--workdir", tools_workdir, sample_images["notes.txt"], "--out", out]) == 1
+    assert run(explain.main, ["gradcam", "--workdir", tools_workdir, files[0], "--out", out, "--target", "x"]) == 1
+
+
+def test_explain_tsne(tools_workdir, tmp_path):
+    out = str(tmp_path / "tsne")
+    assert run(explain.main, ["tsne", "--workdir", tools_workdir, "--split", "val", "--out", out]) == 0
+    assert_png_not_blank(os.path.join(out, "tsne.png"))
+    embedding = json.load(open(os.path.join(out, "tsne.json")))
+    assert np.asarray(embedding["points"]).shape == (16, 2) and np.isfinite(embedding["points"]).all()
+
+
+def test_robustness(tools_workdir, tmp_path):
+    out = str(tmp_path / "robust")
+    assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 0
+    table = json.load(open(os.path.join(out, "robustness.json")))
+    assert set(table["perturbations"]) == {"rotation", "translation", "colour_temperature", "gaussian_noise",
+                                           "blur", "contrast"}
+    for entry in table["perturbations"].values():
+        assert [row["severity"] for row in entry["results"]] == [0, 1, 2, 3, 4, 5]
+        for row in entry["results"]:
+            assert all(0 <= row[k] <= 1 for k in ("accuracy", "precision", "sensitivity", "specificity", "f1"))
+    for metric in robustness.METRICS:
+        assert_png_not_blank(os.path.join(out, f"robustness_{metric}.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "tset"], "unknown split 'tset'"),
+    (["--which", "best"], "no checkpoint"),
+])
+def test_bad_inputs(tmp_path, capsys, argv, message):
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")  # a config but no checkpoints
+    assert run(evaluate.main, ["--workdir", str(workdir), *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_workdir(tmp_path, capsys):
+    for main, extra in ((evaluate.main, []), (predict.main, ["x.png"]), (robustness.main, ["--out", str(tmp_path)])):
+        assert run(main, ["--workdir", str(tmp_path / "nowhere"), *extra]) == 1
+        assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_split_on_trained_workdir(tools_workdir, tmp_path, capsys):
+    assert run(explain.main, ["tsne", "--workdir", tools_workdir, "--split", "validation", "--out", str(tmp_path)]) == 1
+    assert "unknown split 'validation'" in capsys.readouterr().err
+
+
+def test_flops_counts_every_scan_iteration():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from medmamba_jax.analysis import flop_count
+
+    def looped(x, steps):
+        return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=steps)[0]
+
+    x = jax.ShapeDtypeStruct((32, 32), jnp.float32)
+    one = flop_count.counted_flops(lambda a: looped(a, 1), x)["xla_flops"]
+    many = flop_count.counted_flops(lambda a: looped(a, 12), x)
+    assert many["xla_flops_raw"] == pytest.approx(one, rel=0.01)  # XLA alone: the body once
+    assert many["xla_flops"] == pytest.approx(12 * one, rel=0.01)
+    linear = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(linear)
+    macs = flop_count.macs(lambda s, a: nnx.merge(graphdef, s)(a), state, np.zeros((2, 8), np.float32))
+    assert macs == {"conv": 0.0, "matmul": 2 * 8 * 4}
+
+
+def test_flops_command(capsys):
+    argv = ["--depths", "1", "1", "1", "1", "--dims", "8", "16", "32", "64", "--image-size", "32", "--num-classes",
+            "9", "--json"]
+    assert run(flops.main, argv) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert row["params"] == 73765 and row["xla_gflops"] > row["conv_matmul_gmacs"] > 0
+    assert run(flops.main, ["--image-size", "100"]) == 1

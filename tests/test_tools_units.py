@@ -1,0 +1,80 @@
+"""Unit tests of the analysis helpers: image reading, perturbations, the optional medmnistc hook."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools_fixtures import sample_images  # noqa: F401 - fixture
+
+from medmamba_jax.analysis import images, perturb
+
+
+def test_to_stored_converts_modes_and_sizes(sample_images):
+    for name in ("rgb.png", "gray.png", "rgba.png", "photo.jpg", "scan.dcm"):
+        rgb = images.load_for_model(sample_images[name], channels=3, size=28)
+        gray = images.load_for_model(sample_images[name], channels=1, size=28)
+        assert rgb.shape == (28, 28, 3) and gray.shape == (28, 28, 1) and rgb.dtype == np.uint8
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red composites to black
+    assert images.to_stored(Image.fromarray(rgba), 3, 4).max() == 0
+    deep = Image.fromarray(np.array([[0, 1000], [2000, 4000]], np.uint16))  # 16-bit grayscale
+    assert images.to_stored(deep, 1, 2)[..., 0].tolist() == [[0, 64], [128, 255]]
+
+
+def test_dicom_is_windowed_to_full_range(sample_images):
+    pixels = np.asarray(images.read_image(sample_images["scan.dcm"]))
+    assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255
+
+
+def test_unreadable_files(sample_images, tmp_path):
+    with pytest.raises(images.ImageReadError, match="notes.txt"):
+        images.read_image(sample_images["notes.txt"])
+    with pytest.raises(images.ImageReadError, match="no such file"):
+        images.read_image(str(tmp_path / "missing.png"))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    with pytest.raises(images.ImageReadError, match="DICOM"):
+        images.read_image(str(broken))
+
+
+def test_perturbations_grow_with_severity():
+    # A smooth pattern, so a larger shift or rotation moves each pixel further from its value.
+    yy, xx = np.mgrid[0:28, 0:28] / 28.0
+    pattern = 127.5 + 100 * np.sin(2 * np.pi * xx) * np.cos(2 * np.pi * yy * 0.7)
+    batch = np.round(np.stack([pattern, pattern[::-1], pattern.T], axis=-1)[None].repeat(2, 0)).astype(np.uint8)
+    for p in perturb.PERTURBATIONS:
+        assert p(batch, 0) is batch
+        changes = []
+        for severity in perturb.SEVERITIES:
+            out = p(batch, severity)
+            assert out.shape == batch.shape and out.dtype == np.uint8
+            changes.append(np.abs(out.astype(float) - batch).mean())
+        assert changes[0] > 0 and changes[-1] > changes[0], (p.name, changes)
+    assert perturb.contrast(batch, 0.2).std() < batch.std()
+    warm = perturb.colour_temperature(batch, 0.3).astype(float)
+    assert warm[..., 0].mean() > batch[..., 0].mean() and warm[..., 2].mean() < batch[..., 2].mean()
+
+
+def test_medmnistc_absent_or_present(monkeypatch):
+    monkeypatch.setitem(sys.modules, "medmnistc", None)  # as if not installed
+    assert "not installed" in perturb.medmnistc_corruptions("pathmnist")
+
+    class Invert:  # the shape of a medmnistc corruption: apply(PIL image, severity 0..4)
+        def apply(self, img, severity=-1):
+            return 255 - np.asarray(img) // (severity + 1)
+
+    registry = types.ModuleType("medmnistc.corruptions.registry")
+    registry.CORRUPTIONS_DS = {"pathmnist": {"invert": Invert()}}
+    for name, module in (("medmnistc", types.ModuleType("medmnistc")),
+                         ("medmnistc.corruptions", types.ModuleType("medmnistc.corruptions")),
+                         ("medmnistc.corruptions.registry", registry)):
+        monkeypatch.setitem(sys.modules, name, module)
+    found = perturb.medmnistc_corruptions("pathmnist")
+    batch = np.full((2, 4, 4, 1), 100, np.uint8)
+    assert set(found) == {"invert"} and found["invert"](batch, 1).ravel().tolist() == [155] * 32
+    assert "no corruptions" in perturb.medmnistc_corruptions("octmnist")
