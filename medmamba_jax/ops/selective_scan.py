@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 16
 
 
 class ScanInputs(NamedTuple):
