@@ -34,6 +34,8 @@ def _config(args):
     config = medmnist_config.get_config()
     config.batch_size = args.batch_size
     config.size = args.source_size
+    config.scan_impl = args.scan_impl
+    config.dtype = args.dtype
     return config
 
 
@@ -70,6 +72,9 @@ def bench_train(config, mesh, stream, n_steps: int) -> dict:
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     model_def, model_state = nnx.split(model)
     opt_def, opt_state = nnx.split(optimizer)
+    # As in training: states placed replicated up front, or the second step recompiles for
+    # the new input sharding (seen on an H100 as a 20 s stall inside the timed steps).
+    model_state, opt_state = sharding.replicate(mesh, (model_state, opt_state))
     step_fn = steps.make_train_step(model_def, opt_def, data_lib.train_transform(config), False, 0, mesh)
     batches = [tuple(sharding.shard_batch(mesh, a) for a in stream(s)) for s in range(n_steps + 1)]
     start = time.perf_counter()
@@ -91,12 +96,14 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed train steps after the warm-up")
     parser.add_argument("--pipeline-steps", type=int, default=50)
     parser.add_argument("--source-size", type=int, default=28, help="stored MedMNIST resolution")
+    parser.add_argument("--scan-impl", default="auto", help="auto: pallas on a GPU, associative elsewhere")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
     config, mesh = _config(args), sharding.make_mesh()
     stream = _stream(config, 64 * args.batch_size, args.source_size)
     result = {
         "model": "medmamba_t", "image_size": config.image_size, "source_size": args.source_size,
-        "batch_size": args.batch_size, "devices": [str(d) for d in jax.devices()],
+        "batch_size": args.batch_size, "scan_impl": args.scan_impl, "dtype": args.dtype, "devices": [str(d) for d in jax.devices()],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "pipeline_images_per_sec": bench_pipeline(config, mesh, stream, args.pipeline_steps),
     }

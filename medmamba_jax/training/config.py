@@ -12,9 +12,11 @@ import json
 import ml_collections
 from ml_collections import config_dict
 
+from medmamba_jax.models import VARIANTS
+from medmamba_jax.ops import SCAN_IMPLS
 from medmamba_jax.training.errors import ConfigError
 
-MODELS = ("medmamba_t", "medmamba_s", "medmamba_b")
+MODELS = tuple(VARIANTS)
 METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
 
 
@@ -39,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.depths = config_dict.placeholder(tuple)  # override the variant's depths, e.g. (1, 1, 1, 1)
     c.dims = config_dict.placeholder(tuple)  # override the variant's dims, e.g. (8, 16, 32, 64)
     c.drop_path_rate = 0.1
-    c.scan_impl = "associative"  # selective-scan implementation: associative, reference or pallas
+    c.scan_impl = "auto"  # selective scan: auto (pallas on a GPU, else associative), associative, reference, pallas
     c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
     c.init_from = ""  # upstream .pth file or a checkpoint directory (converted or trained)
 
@@ -77,6 +79,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown config key(s) {unknown}; see configs/base.py for the valid keys")
     checks = [
         (config.model in MODELS, f"model must be one of {MODELS}, got {config.model!r}"),
+        (config.scan_impl in SCAN_IMPLS, f"scan_impl must be one of {SCAN_IMPLS}, got {config.scan_impl!r}"),
         (config.best_metric in METRICS, f"best_metric must be one of {METRICS}, got {config.best_metric!r}"),
         (config.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}"),
         (config.batch_size % config.grad_accum_steps == 0,
