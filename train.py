@@ -7,8 +7,12 @@ Running it again with the same workdir resumes from the latest checkpoint.
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from medmamba_jax.runtime import prefer_low_memory_cpu_schedule
+
+prefer_low_memory_cpu_schedule()  # before JAX starts: see medmamba_jax/runtime.py
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/medmnist.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")

@@ -5,15 +5,17 @@
 
 For every scan impl, a fresh subprocess builds the model and reports, as JSON:
 compile time of the train step, forward time at batch 1 and 8, train-step time at
-batch 8, and the peak resident memory of the process (ru_maxrss), which includes
-the compiled train step at batch 8. Each impl gets its own process so that peaks
-do not mix.
+batch 8, and peak resident memory (ru_maxrss): once right after the train steps (the
+train step's peak, its compilation included) and once at the end (after the forward
+programs too). Each impl gets its own process so that peaks do not mix.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -55,7 +57,8 @@ def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: in
     def forward(model, x):
         return model(x)
 
-    @nnx.jit
+    # Donated like the training loop's step, so old and new weights are not both held.
+    @functools.partial(nnx.jit, donate_argnums=(0, 1))
     def train_step(model, optimizer, x, y):
         def loss_fn(m):
             return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
@@ -69,6 +72,7 @@ def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: in
     jax.block_until_ready(train_step(model, optimizer, images, labels))
     compile_s = time.perf_counter() - start
     step_s = _timed(train_step, model, optimizer, images, labels, repeats=repeats)
+    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     model.eval()
     forward_s = {
         f"forward_b{b}_s": _timed(forward, model, images[:b], repeats=repeats) for b in sorted({1, batch})
@@ -79,7 +83,8 @@ def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: in
         **{k: round(v, 4) for k, v in forward_s.items()},
         f"train_step_b{batch}_s": round(step_s, 3),
         f"train_images_per_s_b{batch}": round(batch / step_s, 2),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "train_step_peak_rss_gib": round(train_peak, 3),
+        "process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
 
 
@@ -91,8 +96,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", default="associative,reference")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--xla-default-schedule", action="store_true",
+                        help="keep XLA's concurrency-optimised CPU scheduler (more memory)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.xla_default_schedule:
+        from medmamba_jax.runtime import prefer_low_memory_cpu_schedule
+
+        prefer_low_memory_cpu_schedule()  # inherited by the child processes
     if args.child:
         print(json.dumps(measure(args.model, args.child, args.image_size, args.batch, args.repeats)))
         return
@@ -104,6 +115,7 @@ def main() -> None:
         "image_size": args.image_size,
         "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "runs": [],
     }
     for impl in args.impls.split(","):

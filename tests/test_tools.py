@@ -165,3 +165,16 @@ def test_flops_command(capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert row["params"] == 73765 and row["xla_gflops"] > row["conv_matmul_gmacs"] > 0
     assert run(flops.main, ["--image-size", "100"]) == 1
+
+
+def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
+    from medmamba_jax import convert
+    from numerics import DATA
+
+    converted = str(tmp_path / "converted")
+    assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
+    argv = ["--checkpoint", converted, "--image-size", "64", "--labels", "a,b,c,d,e", "--top-k", "5"]
+    assert run(predict.main, [*argv, sample_images["rgb.png"]]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(entry["class"] for entry in line["top_k"]) == ["a", "b", "c", "d", "e"]
+    assert sum(entry["probability"] for entry in line["top_k"]) == pytest.approx(1.0, abs=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medmamba_jax.models import init
-from medmamba_jax.ops import cross_selective_scan
+from medmamba_jax.ops import cross_selective_scan, resolve_impl
 
 
 class SS2D(nnx.Module):
@@ -72,31 +73,64 @@ class SS2D(nnx.Module):
 
     def scan(self, x: jax.Array) -> jax.Array:
         """The 4-direction selective scan and merge: (b, H, W, d) -> (b, H, W, d) float32."""
-        batch, height, width, dim = x.shape
-        length = height * width
-        x_hw = jnp.transpose(x, (0, 3, 1, 2)).reshape(batch, dim, length)
-        x_wh = jnp.transpose(x, (0, 3, 2, 1)).reshape(batch, dim, length)
-        u2 = jnp.stack([x_hw, x_wh], axis=1)  # (b, 2, d, L)
-
-        # Direction k = 2*r + s reads sequence s, reversed if r; projections are pointwise
-        # in L, so they can be computed on the forward sequences for all four directions.
-        n_proj = self.x_proj_weight.shape[1]
-        w = self.x_proj_weight[...].reshape(2, 2, n_proj, dim)
-        x_dbl = jnp.einsum("bsdl,rscd->brscl", u2, w.astype(u2.dtype)).reshape(batch, 4, n_proj, length)
-        dts, b_in, c_in = jnp.split(x_dbl, [self.dt_rank, self.dt_rank + self.d_state], axis=2)
-        dts = jnp.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight[...].astype(dts.dtype))
-
-        ys = cross_selective_scan(
-            u2,
-            dts,
-            -jnp.exp(self.A_logs[...].astype(jnp.float32)),
-            b_in,
-            c_in,
+        weights = (
+            self.x_proj_weight[...],
+            self.dt_projs_weight[...],
+            self.dt_projs_bias[...],
+            self.A_logs[...],
             self.Ds[...],
-            self.dt_projs_bias[...].reshape(-1),
-            impl=self.scan_impl,
-        )  # (b, 4, d, L), float32
-        y_hw = ys[:, 0] + ys[:, 2]
-        y_wh = (ys[:, 1] + ys[:, 3]).reshape(batch, dim, width, height)
-        y = y_hw.reshape(batch, dim, height, width) + jnp.swapaxes(y_wh, 2, 3)
-        return jnp.transpose(y, (0, 2, 3, 1))
+        )
+        impl = resolve_impl(self.scan_impl)
+        scan = functools.partial(cross_scan_and_merge, dt_rank=self.dt_rank, d_state=self.d_state, impl=impl)
+        if impl != "pallas":
+            # The XLA scans' backward would keep every projected, transposed and chunked copy
+            # of the sequence alive (most of a train step's memory); recomputing them from x
+            # costs one more forward scan. The Pallas kernel already saves only its inputs.
+            scan = jax.checkpoint(scan)
+        return scan(x, *weights)
+
+
+def cross_scan_and_merge(
+    x: jax.Array,
+    x_proj_weight: jax.Array,
+    dt_projs_weight: jax.Array,
+    dt_projs_bias: jax.Array,
+    A_logs: jax.Array,
+    Ds: jax.Array,
+    *,
+    dt_rank: int,
+    d_state: int,
+    impl: str,
+) -> jax.Array:
+    """SS2D's projections, 4-direction scan and merge: (b, H, W, d) -> (b, H, W, d) float32.
+
+    The weights have SS2D's stacked layouts (see :class:`SS2D`).
+    """
+    batch, height, width, dim = x.shape
+    length = height * width
+    x_hw = jnp.transpose(x, (0, 3, 1, 2)).reshape(batch, dim, length)
+    x_wh = jnp.transpose(x, (0, 3, 2, 1)).reshape(batch, dim, length)
+    u2 = jnp.stack([x_hw, x_wh], axis=1)  # (b, 2, d, L)
+
+    # Direction k = 2*r + s reads sequence s, reversed if r; projections are pointwise
+    # in L, so they can be computed on the forward sequences for all four directions.
+    n_proj = x_proj_weight.shape[1]
+    w = x_proj_weight.reshape(2, 2, n_proj, dim).astype(u2.dtype)
+    x_dbl = jnp.einsum("bsdl,rscd->brscl", u2, w).reshape(batch, 4, n_proj, length)
+    dts, b_in, c_in = jnp.split(x_dbl, [dt_rank, dt_rank + d_state], axis=2)
+    dts = jnp.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight.astype(dts.dtype))
+
+    ys = cross_selective_scan(
+        u2,
+        dts,
+        -jnp.exp(A_logs.astype(jnp.float32)),
+        b_in,
+        c_in,
+        Ds,
+        dt_projs_bias.reshape(-1),
+        impl=impl,
+    )  # (b, 4, d, L), float32
+    y_hw = ys[:, 0] + ys[:, 2]
+    y_wh = (ys[:, 1] + ys[:, 3]).reshape(batch, dim, width, height)
+    y = y_hw.reshape(batch, dim, height, width) + jnp.swapaxes(y_wh, 2, 3)
+    return jnp.transpose(y, (0, 2, 3, 1))
