@@ -35,14 +35,9 @@ def build(config, num_classes: int) -> MedMamba:
             overrides[key] = tuple(int(v) for v in config[key])
     factory = VARIANTS[config.model]
 
-    def create() -> MedMamba:
-        return factory(num_classes=num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                       **overrides)
-
-    # One compiled initialiser instead of hundreds of eagerly dispatched (and compiled) ops.
-    graphdef, _ = nnx.split(nnx.eval_shape(create))
-    state = jax.jit(lambda: nnx.split(create())[1])()
-    return nnx.merge(graphdef, state)
+    # Eager construction is fast: the model's initialisers draw with NumPy (models/init.py).
+    return factory(num_classes=num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                   **overrides)
 
 
 def _load_source(path: str) -> MedMamba:
