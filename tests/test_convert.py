@@ -92,3 +92,17 @@ def test_convert_command_fails_cleanly(tmp_path, capsys):
     assert convert.main([str(bad), str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_architecture_is_inferred_for_other_shapes():
+    from flax import nnx
+
+    from medmamba_jax.models import MedMamba
+
+    source = MedMamba((1, 2), (8, 16), d_state=4, num_classes=0, in_chans=1, rngs=nnx.Rngs(3))
+    model = from_torch(to_torch_state_dict(source))
+    cfg = model.config
+    assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans) == ((1, 2), (8, 16), 4, 0, 1)
+    x = np.random.default_rng().standard_normal((2, 16, 16, 1)).astype(np.float32)
+    source.eval()
+    np.testing.assert_array_equal(model(x), source(x))  # no head: pooled features
