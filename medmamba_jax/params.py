@@ -253,7 +253,7 @@ def _torch_shape(path: str, jax_shape: tuple[int, ...]) -> tuple[int, ...]:
 def from_torch(
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
     *,
-    scan_impl: str = "associative",
+    scan_impl: str = "auto",
     drop_path_rate: float = 0.1,
     seed: int = 0,
 ) -> MedMamba:

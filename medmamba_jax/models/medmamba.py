@@ -22,6 +22,7 @@ from flax import nnx
 
 from medmamba_jax.models import init
 from medmamba_jax.models.ss2d import SS2D
+from medmamba_jax.ops import SCAN_IMPLS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -37,7 +38,7 @@ class MedMambaConfig:
     in_chans: int = 3
     patch_size: int = 4
     drop_path_rate: float = 0.1
-    scan_impl: str = "associative"
+    scan_impl: str = "auto"
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -47,6 +48,8 @@ class MedMambaConfig:
             raise ValueError(f"depths {self.depths} and dims {self.dims} must be non-empty and equally long")
         if any(d % 2 for d in self.dims):
             raise ValueError(f"every dim must be even (blocks split channels in two), got {self.dims}")
+        if self.scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
 
@@ -132,7 +135,7 @@ class SSConvSSM(nnx.Module):
         drop_path: float = 0.0,
         d_state: int = 16,
         *,
-        scan_impl: str = "associative",
+        scan_impl: str = "auto",
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -201,7 +204,7 @@ class MedMamba(nnx.Module):
         in_chans: int = 3,
         drop_path_rate: float = 0.1,
         patch_size: int = 4,
-        scan_impl: str = "associative",
+        scan_impl: str = "auto",
         dtype: str | jnp.dtype = "float32",
         *,
         rngs: nnx.Rngs,

@@ -32,7 +32,7 @@ class SS2D(nnx.Module):
         expand: int = 2,
         dt_rank: int | None = None,
         *,
-        scan_impl: str = "associative",
+        scan_impl: str = "auto",
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
