@@ -32,7 +32,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
+from medmamba_jax.checkpoints import shell_model
+from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 
 KINDS = ("latest", "best")
@@ -108,12 +109,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return config_lib.from_json(f.read())
 
 
-def abstract_model(model_config: dict) -> MedMamba:
-    """A MedMamba of ``model_config`` without allocating or computing its initial weights."""
-    cfg = MedMambaConfig.from_dict(model_config)
-    return nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(params=0, dropout=0)))
-
-
 def load_trained(workdir: str, which: str = "best") -> tuple[MedMamba, ml_collections.ConfigDict]:
     """The trained model (in eval mode) and config of a workdir written by train.py.
 
@@ -132,7 +127,7 @@ def load_trained(workdir: str, which: str = "best") -> tuple[MedMamba, ml_collec
         models: list[MedMamba] = []
 
         def templates(meta: dict):
-            models.append(abstract_model(meta["model_config"]))
+            models.append(shell_model(MedMambaConfig.from_dict(meta["model_config"])))
             return nnx.state(models[-1]), None
 
         restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates)
