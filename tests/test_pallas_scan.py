@@ -134,6 +134,14 @@ class PallasScanTest(unittest.TestCase):
             self.assertEqual(g.dtype, args[NAMES.index(name)].dtype, name)
             self.assert_close(g, want[1][name], 1e-5 if g.dtype == jnp.float32 else 1e-2, f"grad {name}")
 
+    def test_tile_divides_the_channel_axis(self):
+        # Channels are the last axis: L = 49 (odd) must not shrink the tile, and a
+        # 96-channel group takes 32-wide tiles even when 64 are allowed.
+        u = jnp.zeros((1, 2, 49, 96))
+        delta, B = jnp.zeros((1, 4, 49, 96)), jnp.zeros((1, 4, 16, 49))
+        plan = pallas_scan._make_plan(u, delta, B, ScanConfig(tile=64), rev_from=2, softplus=True)
+        self.assertEqual((plan.tile, plan.n_tiles, plan.length), (32, 3, 49))
+
     def test_no_nan_on_extreme_inputs(self):
         # L = 3 is shorter than a segment: only the one-step tail path runs.
         u, delta, A, B, C, D, bias = random_inputs(self.rng, 1, 2, 8, 4, 3)
@@ -149,9 +157,9 @@ class PallasScanTest(unittest.TestCase):
     def test_cross_scan_matches_generic_path(self):
         batch, dim, n, length = 2, 12, 4, 23
         u, delta, A, B, C, D, bias = random_inputs(self.rng, batch, 4, dim, n, length)
-        u2 = u.reshape(batch, 4, dim, length)[:, :2]
-        args = [u2, delta.reshape(batch, 4, dim, length), A, B, C, D, bias]
-        dy = jnp.asarray(self.rng.standard_normal((batch, 4, dim, length)), jnp.float32)
+        minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
+        args = [minor(u)[:, :2], minor(delta), A, B, C, D, bias]
+        dy = jnp.asarray(self.rng.standard_normal((batch, 4, length, dim)), jnp.float32)
         got = value_and_grads(lambda *a: cross_selective_scan_pallas(*a, config=SMALL), args, dy)
         want = value_and_grads(lambda *a: cross_selective_scan(*a, impl="reference"), args, dy)
         self.assert_close(got[0], want[0], 1e-5, "y")

@@ -86,7 +86,8 @@ def test_cross_scan_reverses_directions_two_and_three():
     A = -np.exp(rng.standard_normal((4 * dim, n_state)))
     B, C = rng.standard_normal((2, batch, 4, n_state, length))
     D, bias = rng.standard_normal((2, 4 * dim))
-    y = cross_selective_scan(u2, delta, A, B, C, D, bias, impl="reference")
+    minor = lambda a: np.swapaxes(a, 2, 3)  # the op takes and returns channels-minor sequences
+    y = minor(np.asarray(cross_selective_scan(minor(u2), minor(delta), A, B, C, D, bias, impl="reference")))
     # Build upstream's layout explicitly: flipped copies for directions 2 and 3.
     flip = lambda a: a[..., ::-1]
     u4 = np.concatenate([u2, flip(u2)], axis=1).reshape(batch, 4 * dim, length)

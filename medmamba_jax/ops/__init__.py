@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from medmamba_jax.ops.selective_scan import (
+    check_cross_shapes,
     check_shapes,
     selective_scan_associative,
     selective_scan_reference,
@@ -86,19 +87,18 @@ def cross_selective_scan(
 
     Direction k reads sequence ``u2[:, k % 2]``; directions 2 and 3 run it backwards.
     Every per-direction input and output is indexed in its sequence's forward order,
-    so callers never build flipped copies.
+    so callers never build flipped copies. Sequences are channels-minor, the layout of
+    SS2D's (b, H, W, D) activations flattened over H, W.
 
     Args:
-      u2: (batch, 2, D, L), the row-major and column-major sequences.
-      delta: (batch, 4, D, L).
+      u2: (batch, 2, L, D), the row-major and column-major sequences.
+      delta: (batch, 4, L, D).
       A: (4*D, N). B, C: (batch, 4, N, L). D, delta_bias: (4*D,).
 
     Returns:
-      y: (batch, 4, D, L) float32.
+      y: (batch, 4, L, D) float32.
     """
-    batch, _, dim, length = u2.shape
-    if u2.shape[1] != 2 or delta.shape != (batch, 4, dim, length):
-        raise ValueError(f"expected u2 (b,2,D,L) and delta (b,4,D,L), got {u2.shape}, {delta.shape}")
+    batch, length, dim = check_cross_shapes(u2, delta, A, B, C, D, delta_bias)
     impl = resolve_impl(impl)
     if impl == "pallas":
         from medmamba_jax.ops.pallas_scan import cross_selective_scan_pallas
@@ -108,10 +108,12 @@ def cross_selective_scan(
     def directed(arr):  # flips directions 2, 3 along L; axis 1 is the direction
         return jnp.concatenate([arr[:, :2], jnp.flip(arr[:, 2:], axis=-1)], axis=1)
 
-    u4 = directed(jnp.concatenate([u2, u2], axis=1))
+    def mamba_layout(arr):  # (b, 4, L, D) -> (b, 4, D, L) in scan order
+        return directed(jnp.swapaxes(arr, 2, 3)).reshape(batch, 4 * dim, length)
+
     y = selective_scan(
-        u4.reshape(batch, 4 * dim, length),
-        directed(delta).reshape(batch, 4 * dim, length),
+        mamba_layout(jnp.concatenate([u2, u2], axis=1)),
+        mamba_layout(delta),
         A,
         directed(B),
         directed(C),
@@ -120,7 +122,7 @@ def cross_selective_scan(
         delta_softplus=True,
         impl=impl,
     )
-    return directed(y.reshape(batch, 4, dim, length))
+    return jnp.swapaxes(directed(y.reshape(batch, 4, dim, length)), 2, 3)
 
 
 __all__ = [

@@ -2,14 +2,20 @@
 
 Every kernel instance ("program") owns one batch row ``i``, one direction/group ``k``
 and one tile of ``TD`` channels of that group. It walks the whole sequence with the
-state ``h`` (TD, N) held in registers, so the (batch, K*D, L, N) tensors never exist in
+state ``h`` (N, TD) held in registers, so the (batch, K*D, L, N) tensors never exist in
 memory. Refs seen by a program (leading grid axes squeezed away):
 
-* ``u``, ``delta``, ``dy``, ``du``, ``ddelta``, ``y``: (TD, L)
-* ``A``: (TD, N); ``D``, ``bias``: (TD,)
+* ``u``, ``delta``, ``dy``, ``du``, ``ddelta``, ``y``: (L, TD), channels minor
+* ``A``, ``dA``: (N, TD); ``D``, ``bias``, ``dD``, ``dbias``: (1, TD)
 * ``B``, ``C``: (N, L) — the group's B/C, shared by all its channel tiles
-* ``hs``: (n_chunks, TD, N) — the state at the start of each checkpoint chunk
+* ``hs``: (n_chunks, N, TD) — the state at the start of each checkpoint chunk
 * ``dB``, ``dC``: (N, L) — this tile's partial sums over its channels
+
+Every value is two-dimensional: a position's channel row (1, TD) and its state column
+(N, 1) broadcast into the (N, TD) state without a change of register layout, and
+reductions keep their axis. A row is TD consecutive floats, so its load is coalesced.
+(The first version kept (TD, L) blocks and a (TD, N) state: every step then gathered
+strided columns and moved 1-D values between layouts through shared memory.)
 
 Positions are addressed in *scan order* ``s``; direction ``k >= rev_from`` maps it to
 ``t = L - 1 - s``, which serves SS2D's backward directions without flipped copies.
@@ -55,7 +61,7 @@ class Geometry(NamedTuple):
 
 
 class StepIn(NamedTuple):
-    """Inputs of one position, in float32: u, dt, sig (d dt / d delta) are (TD,); b, c are (N,)."""
+    """Inputs of one position, in float32: u, dt, sig (d dt / d delta) are (1, TD); b, c are (N, 1)."""
 
     u: jax.Array
     dt: jax.Array
@@ -65,7 +71,7 @@ class StepIn(NamedTuple):
 
 
 class Params(NamedTuple):
-    """Per-program constants: A and A*log2(e) (TD, N), skip D (TD,), delta bias (TD,)."""
+    """Per-program constants: A and A*log2(e) (N, TD), skip D (1, TD), delta bias (1, TD)."""
 
     A: jax.Array
     A2: jax.Array
@@ -97,16 +103,34 @@ def _params(a_ref, d_ref, bias_ref) -> Params:
     return Params(A, A * LOG2_E, d_ref[...].astype(f32), bias_ref[...].astype(f32))
 
 
+def _row(ref, t, dtype=f32) -> jax.Array:
+    """Position t of an (L, TD) ref: (1, TD)."""
+    return ref[pl.ds(t, 1), :].astype(dtype)
+
+
+def _col(ref, t, dtype=f32) -> jax.Array:
+    """Position t of an (N, L) ref: (N, 1)."""
+    return ref[:, pl.ds(t, 1)].astype(dtype)
+
+
+def _store_row(ref, t, value: jax.Array) -> None:
+    ref[pl.ds(t, 1), :] = value.astype(ref.dtype)
+
+
+def _store_col(ref, t, value: jax.Array) -> None:
+    ref[:, pl.ds(t, 1)] = value.astype(ref.dtype)
+
+
 def _load(refs, t, p: Params, geo: Geometry) -> StepIn:
     u_ref, dl_ref, b_ref, c_ref = refs
-    dt, sig = _dt(dl_ref[:, t].astype(f32), p.bias, geo.softplus)
-    return StepIn(u_ref[:, t].astype(f32), dt, sig, b_ref[:, t].astype(f32), c_ref[:, t].astype(f32))
+    dt, sig = _dt(_row(dl_ref, t), p.bias, geo.softplus)
+    return StepIn(_row(u_ref, t), dt, sig, _col(b_ref, t), _col(c_ref, t))
 
 
 def _advance(h: jax.Array, x: StepIn, p: Params):
-    """One recurrence step; returns (exp(dt A), new state), both (TD, N)."""
-    decay = jnp.exp2(x.dt[:, None] * p.A2)
-    return decay, decay * h + (x.dt * x.u)[:, None] * x.b[None, :]
+    """One recurrence step; returns (exp(dt A), new state), both (N, TD)."""
+    decay = jnp.exp2(x.dt * p.A2)
+    return decay, decay * h + x.b * (x.dt * x.u)
 
 
 def _run_states(refs, pos, h, start, stop, p: Params, geo: Geometry):
@@ -135,8 +159,13 @@ def _run_segments(refs, pos, h, start, n_seg, p: Params, geo: Geometry):
 # ----------------------------------------------------------------------------- forward
 
 
+def _output(h: jax.Array, x: StepIn, p: Params) -> jax.Array:
+    """y at one position, (1, TD). A product-and-sum rather than a dot: exact fp32 on every backend."""
+    return jnp.sum(h * x.c, axis=0, keepdims=True) + p.skip * x.u
+
+
 def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, hs_ref, *, geo: Geometry):
-    """y (TD, L) and the chunk-start states hs (n_chunks, TD, N)."""
+    """y (L, TD) and the chunk-start states hs (n_chunks, N, TD)."""
     p = _params(a_ref, d_ref, bias_ref)
     refs = (u_ref, dl_ref, b_ref, c_ref)
     pos = _direction(geo)
@@ -145,8 +174,7 @@ def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, h
         t = pos(s)
         x = _load(refs, t, p, geo)
         _, h = _advance(h, x, p)
-        # A product-and-sum rather than a dot: exact fp32 on every backend.
-        y_ref[:, t] = (jnp.sum(h * x.c[None, :], axis=1) + p.skip * x.u).astype(y_ref.dtype)
+        _store_row(y_ref, t, _output(h, x, p))
         return h
 
     def segment(i, h):
@@ -157,9 +185,9 @@ def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, h
         ys = []
         for x in xs:
             _, h = _advance(h, x, p)
-            ys.append(jnp.sum(h * x.c[None, :], axis=1) + p.skip * x.u)
+            ys.append(_output(h, x, p))
         for t, y in zip(ts, ys):
-            y_ref[:, t] = y.astype(y_ref.dtype)
+            _store_row(y_ref, t, y)
         return h
 
     def chunk(c, h):
@@ -177,27 +205,27 @@ def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, h
 
 
 class Adj(NamedTuple):
-    """Adjoint carry: q = exp(dt_{s+1} A) * dh_{s+1} (TD, N) and the per-program sums."""
+    """Adjoint carry: q = exp(dt_{s+1} A) * dh_{s+1} (N, TD) and the per-program sums."""
 
     q: jax.Array
-    dA: jax.Array  # (TD, N)
-    dD: jax.Array  # (TD,)
-    dbias: jax.Array  # (TD,)
+    dA: jax.Array  # (N, TD)
+    dD: jax.Array  # (1, TD)
+    dbias: jax.Array  # (1, TD)
 
 
 def _adjoint_step(out_refs, t, x: StepIn, h_prev, decay, h, carry: Adj, g, p: Params) -> Adj:
     """Backpropagates through position t given its states; writes du, ddelta, dB, dC at t."""
     du_ref, ddl_ref, db_ref, dc_ref = out_refs
-    dh = g[:, None] * x.c[None, :] + carry.q  # d loss / d h_t, (TD, N)
-    dc_ref[:, t] = jnp.sum(g[:, None] * h, axis=0)
-    db_ref[:, t] = jnp.sum(dh * (x.dt * x.u)[:, None], axis=0)
-    dh_b = jnp.sum(dh * x.b[None, :], axis=1)
+    dh = x.c * g + carry.q  # d loss / d h_t, (N, TD)
+    _store_col(dc_ref, t, jnp.sum(g * h, axis=1, keepdims=True))
+    _store_col(db_ref, t, jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True))
+    dh_b = jnp.sum(dh * x.b, axis=0, keepdims=True)
     w = dh * decay * h_prev  # shared by d dt (through exp(dt A)) and dA
-    ddt = x.u * dh_b + jnp.sum(w * p.A, axis=1)
+    ddt = x.u * dh_b + jnp.sum(w * p.A, axis=0, keepdims=True)
     ddelta = ddt * x.sig
-    du_ref[:, t] = (x.dt * dh_b + p.skip * g).astype(du_ref.dtype)
-    ddl_ref[:, t] = ddelta.astype(ddl_ref.dtype)
-    return Adj(decay * dh, carry.dA + x.dt[:, None] * w, carry.dD + g * x.u, carry.dbias + ddelta)
+    _store_row(du_ref, t, x.dt * dh_b + p.skip * g)
+    _store_row(ddl_ref, t, ddelta)
+    return Adj(decay * dh, carry.dA + x.dt * w, carry.dD + g * x.u, carry.dbias + ddelta)
 
 
 def backward_kernel(
@@ -214,14 +242,14 @@ def backward_kernel(
         t = pos(s)
         x = _load(refs, t, p, geo)
         decay, h = _advance(h_prev, x, p)
-        return _adjoint_step(out_refs, t, x, h_prev, decay, h, carry, dy_ref[:, t].astype(f32), p)
+        return _adjoint_step(out_refs, t, x, h_prev, decay, h, carry, _row(dy_ref, t), p)
 
     def segment(h0, s0, carry: Adj) -> Adj:
         # Forward through the segment keeping every state in registers, then walk back.
         # All loads come before the first store (see forward_kernel.segment).
         ts = [pos(s0 + j) for j in range(geo.seg)]
         xs = [_load(refs, t, p, geo) for t in ts]
-        gs = [dy_ref[:, t].astype(f32) for t in ts]
+        gs = [_row(dy_ref, t) for t in ts]
         decays, states = [], [h0]
         for x in xs:
             decay, h = _advance(states[-1], x, p)
@@ -245,7 +273,8 @@ def backward_kernel(
         return jax.lax.fori_loop(0, n_seg, one_segment, carry)
 
     zeros = jnp.zeros(a_ref.shape, f32)
-    carry = Adj(zeros, zeros, jnp.zeros(d_ref.shape, f32), jnp.zeros(d_ref.shape, f32))
+    row_zeros = jnp.zeros(d_ref.shape, f32)
+    carry = Adj(zeros, zeros, row_zeros, row_zeros)
     carry = _tail_adjoint(refs, pos, hs_ref, carry, adjoint_at, p, geo)
     carry = jax.lax.fori_loop(0, geo.n_chunks, chunk, carry)
     da_ref[...] = carry.dA

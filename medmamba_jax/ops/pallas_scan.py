@@ -7,6 +7,9 @@ Public functions:
   ``medmamba_jax.ops.cross_selective_scan``; the two backward directions walk the
   sequence from the end inside the kernel instead of reading flipped copies.
 
+The kernels use a channels-minor layout, (batch, K, L, D), which is the layout SS2D's
+activations already have; the mamba_ssm-layout entry point transposes to it.
+
 The backward pass is a ``jax.custom_vjp``: the forward kernel saves only the state at
 the start of every checkpoint chunk (``seg * ckpt_segs`` steps); the backward kernel
 recomputes the states chunk by chunk in registers and runs the adjoint as a reverse
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from medmamba_jax.ops.pallas_kernels import Geometry, backward_kernel, forward_kernel
-from medmamba_jax.ops.selective_scan import check_shapes
+from medmamba_jax.ops.selective_scan import check_cross_shapes, check_shapes
 
 # None: interpret exactly when the default backend is not a GPU. Tests may force True.
 INTERPRET: bool | None = None
@@ -43,15 +46,39 @@ class ScanConfig:
     unrolled per segment; ``ckpt_segs``: segments per checkpoint chunk (memory of the
     saved states is L*N/(seg*ckpt_segs) floats per channel); ``num_warps``: Triton warps."""
 
-    # Measured on an H100 (benchmarks/RESULTS.md): within 10% of the best tried at every
-    # MedMamba-T stage shape, and the shortest Triton compile of those tried.
+    # Measured on an H100 (benchmarks/RESULTS.md): the least MedMamba-T-weighted fwd+bwd
+    # time of the sweeps there. One warp per forward program keeps 16 state elements per
+    # thread; the adjoint, with four reductions per step, is fastest on two warps.
     tile: int = 32
     seg: int = 4
-    ckpt_segs: int = 4
-    num_warps: int = 4
-    bwd_tile: int | None = None  # the adjoint keeps more live state; may want smaller tiles
+    ckpt_segs: int = 2
+    num_warps: int = 1
+    # The adjoint keeps more live state and does more reductions per step: it may want
+    # another tile and warp count. None: the forward's.
+    bwd_tile: int | None = None
+    bwd_warps: int | None = 2
 
 
+    @classmethod
+    def parse(cls, text: str) -> "ScanConfig":
+        """'tile=32,seg=8,ckpt=2,warps=4,bwd_warps=1' -> ScanConfig (omitted fields keep defaults)."""
+        fields = {}
+        for item in filter(None, text.split(",")):
+            key, _, value = item.partition("=")
+            if key not in _CONFIG_KEYS or not value.isdigit():
+                raise ValueError(f"bad scan config item {item!r}; keys: {sorted(_CONFIG_KEYS)}")
+            fields[_CONFIG_KEYS[key]] = int(value)
+        return cls(**fields)
+
+    def describe(self) -> dict:
+        """The fields under parse()'s short keys."""
+        return {short: getattr(self, name) for short, name in _CONFIG_KEYS.items()}
+
+
+_CONFIG_KEYS = {
+    "tile": "tile", "seg": "seg", "ckpt": "ckpt_segs", "warps": "num_warps",
+    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps",
+}  # fmt: skip
 DEFAULT_CONFIG = ScanConfig()
 
 
@@ -72,16 +99,19 @@ def _pow2_tile(dim: int, cap: int) -> int:
 
 
 class _Plan:
-    """Shapes and launch parameters of one call. Arrays use the grouped layout:
-    u (b, Gu, Dp, L), delta/y (b, K, Dp, L), A (K, Dp, N), D/bias (K, Dp), B/C (b, K, N, L)."""
+    """Shapes and launch parameters of one call. Arrays use the grouped, channels-minor
+    layout: u (b, Gu, L, Dp), delta/y (b, K, L, Dp), A (K, N, Dp), D/bias (K, 1, Dp),
+    B/C (b, K, N, L)."""
 
-    def __init__(self, u, delta, B, config: ScanConfig, rev_from: int, softplus: bool, tile: int):
-        self.batch, self.groups_u, self.dim, self.length = u.shape
+    def __init__(self, u, delta, B, config: ScanConfig, rev_from, softplus, tile: int, backward: bool):
+        self.batch, self.groups_u, self.length, self.dim = u.shape
         self.groups, self.n_state = B.shape[1], B.shape[2]
+        if self.dim % tile:
+            raise ValueError(f"internal: {self.dim} channels are not a multiple of the tile {tile}")
         self.tile = tile
         self.n_tiles = self.dim // tile
         self.geo = Geometry(self.length, max(1, min(config.seg, self.length)), config.ckpt_segs, rev_from, softplus)
-        self.num_warps = config.num_warps
+        self.num_warps = (config.bwd_warps or config.num_warps) if backward else config.num_warps
         self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
 
     @property
@@ -91,19 +121,25 @@ class _Plan:
     def specs(self):
         """BlockSpecs of the shared inputs u, delta, A, B, C, D, bias."""
         sq, td, L, n, gu = _SQUEEZED, self.tile, self.length, self.n_state, self.groups_u
+        row = pl.BlockSpec((sq, 1, td), lambda i, k, j: (k, 0, j))
         return [
-            pl.BlockSpec((sq, sq, td, L), lambda i, k, j: (i, k % gu, j, 0)),
-            pl.BlockSpec((sq, sq, td, L), lambda i, k, j: (i, k, j, 0)),
-            pl.BlockSpec((sq, td, n), lambda i, k, j: (k, j, 0)),
+            pl.BlockSpec((sq, sq, L, td), lambda i, k, j: (i, k % gu, 0, j)),
+            self.sequence_spec(),
+            pl.BlockSpec((sq, n, td), lambda i, k, j: (k, 0, j)),
             pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
             pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
-            pl.BlockSpec((sq, td), lambda i, k, j: (k, j)),
-            pl.BlockSpec((sq, td), lambda i, k, j: (k, j)),
+            row,
+            row,
         ]
+
+    def sequence_spec(self):
+        """A (b, K, L, Dp) array: delta, y, dy, du, ddelta."""
+        sq = _SQUEEZED
+        return pl.BlockSpec((sq, sq, self.length, self.tile), lambda i, k, j: (i, k, 0, j))
 
     def hs_spec(self):
         sq = _SQUEEZED
-        return pl.BlockSpec((sq, sq, self.geo.n_chunks, self.tile, self.n_state), lambda i, k, j: (i, k, 0, j, 0))
+        return pl.BlockSpec((sq, sq, self.geo.n_chunks, self.n_state, self.tile), lambda i, k, j: (i, k, 0, 0, j))
 
     def call(self, kernel, in_specs, out_specs, out_shape):
         params = None
@@ -124,37 +160,37 @@ def _forward(plan: _Plan, args):
     b, k, dp, L, n = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state
     sq = _SQUEEZED
     out_shape = (
-        jax.ShapeDtypeStruct((b, k, dp, L), jnp.float32),
-        jax.ShapeDtypeStruct((b, k, plan.geo.n_chunks, dp, n), jnp.float32),
+        jax.ShapeDtypeStruct((b, k, L, dp), jnp.float32),
+        jax.ShapeDtypeStruct((b, k, plan.geo.n_chunks, n, dp), jnp.float32),
     )
-    out_specs = (pl.BlockSpec((sq, sq, plan.tile, L), lambda i, kk, j: (i, kk, j, 0)), plan.hs_spec())
+    out_specs = (plan.sequence_spec(), plan.hs_spec())
     return plan.call(forward_kernel, plan.specs(), out_specs, out_shape)(*args)
 
 
 def _backward(plan: _Plan, args, hs, dy):
     b, k, dp, L, n, nt, td = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state, plan.n_tiles, plan.tile
     sq = _SQUEEZED
-    per_dir = pl.BlockSpec((sq, sq, td, L), lambda i, kk, j: (i, kk, j, 0))
+    per_dir = plan.sequence_spec()
     # When u is shared by two directions (SS2D), each direction writes its own du in fp32.
     du_dtype = plan.u_dtype if plan.groups_u == k else jnp.float32
     f32 = jnp.float32
     out_shape = (
-        jax.ShapeDtypeStruct((b, k, dp, L), du_dtype),
-        jax.ShapeDtypeStruct((b, k, dp, L), plan.delta_dtype),
-        jax.ShapeDtypeStruct((b, k, dp, n), f32),
-        jax.ShapeDtypeStruct((b, k, dp), f32),
-        jax.ShapeDtypeStruct((b, k, dp), f32),
+        jax.ShapeDtypeStruct((b, k, L, dp), du_dtype),
+        jax.ShapeDtypeStruct((b, k, L, dp), plan.delta_dtype),
+        jax.ShapeDtypeStruct((b, k, n, dp), f32),
+        jax.ShapeDtypeStruct((b, k, 1, dp), f32),
+        jax.ShapeDtypeStruct((b, k, 1, dp), f32),
         jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
         jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
     )
-    vec = pl.BlockSpec((sq, sq, td), lambda i, kk, j: (i, kk, j))
+    row = pl.BlockSpec((sq, sq, 1, td), lambda i, kk, j: (i, kk, 0, j))
     part = pl.BlockSpec((sq, sq, sq, n, L), lambda i, kk, j: (i, kk, j, 0, 0))
     out_specs = (
         per_dir,
         per_dir,
-        pl.BlockSpec((sq, sq, td, n), lambda i, kk, j: (i, kk, j, 0)),
-        vec,
-        vec,
+        pl.BlockSpec((sq, sq, n, td), lambda i, kk, j: (i, kk, 0, j)),
+        row,
+        row,
         part,
         part,
     )
@@ -164,13 +200,13 @@ def _backward(plan: _Plan, args, hs, dy):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplus: bool):
-    """Grouped-layout scan (see _Plan); returns y (b, K, Dp, L) float32."""
+    """Grouped-layout scan (see _Plan); returns y (b, K, L, Dp) float32."""
     return _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus)[0]
 
 
 def _make_plan(u, delta, B, config, rev_from, softplus, backward=False) -> _Plan:
     cap = (config.bwd_tile or config.tile) if backward else config.tile
-    return _Plan(u, delta, B, config, rev_from, softplus, _pow2_tile(u.shape[2], cap))
+    return _Plan(u, delta, B, config, rev_from, softplus, _pow2_tile(u.shape[3], cap), backward)
 
 
 def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
@@ -214,18 +250,20 @@ def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
 def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, config):
     """Pads channels to the tile and N to a power of two, runs the kernel, crops y.
 
-    u: (b, Gu, D, L); delta: (b, K, D, L); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K, D).
+    u: (b, Gu, L, D); delta: (b, K, L, D); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K, D).
+    Returns y (b, K, L, D) float32.
     """
-    dim, n = delta.shape[2], A.shape[2]
+    dim, n = delta.shape[3], A.shape[2]
     # Both tiles are powers of two, so padding to the larger one suits both kernels.
     widest = max(_pow2_tile(dim, config.tile), _pow2_tile(dim, config.bwd_tile or config.tile))
     dp = -(-dim // widest) * widest
     n_p = pl.next_power_of_2(n)  # Triton tensors must have power-of-two sizes
-    u, delta, D, bias = (_pad_axis(x, 2 if x.ndim == 4 else 1, dp) for x in (u, delta, D, bias))
-    A = _pad_axis(_pad_axis(A, 1, dp), 2, n_p)
+    u, delta = _pad_axis(u, 3, dp), _pad_axis(delta, 3, dp)
+    D, bias = (_pad_axis(x, 1, dp)[:, None, :] for x in (D, bias))
+    A = jnp.swapaxes(_pad_axis(_pad_axis(A, 1, dp), 2, n_p), 1, 2)
     B, C = _pad_axis(B, 2, n_p), _pad_axis(C, 2, n_p)
     y = _scan(u, delta, A, B, C, D, bias, config, rev_from, softplus)
-    return y[:, :, :dim]
+    return y[..., :dim]
 
 
 def selective_scan_pallas(
@@ -236,28 +274,25 @@ def selective_scan_pallas(
     D, delta_bias: (K*D,) or None. Returns y (b, K*D, L) float32.
     ``config`` None means the module's DEFAULT_CONFIG at call time."""
     batch, groups, dim, n, length = check_shapes(u, delta, A, B, C, D, delta_bias)
-    grouped = (batch, groups, dim, length)
     zeros = jnp.zeros((groups * dim,), jnp.float32)
     D = zeros if D is None else D
     delta_bias = zeros if delta_bias is None else delta_bias
+    channels_minor = lambda x: jnp.swapaxes(x.reshape(batch, groups, dim, length), 2, 3)  # noqa: E731
     y = _grouped_call(
-        u.reshape(grouped), delta.reshape(grouped), A.reshape(groups, dim, n), B, C,
+        channels_minor(u), channels_minor(delta), A.reshape(groups, dim, n), B, C,
         D.reshape(groups, dim), delta_bias.reshape(groups, dim),
         groups=groups, softplus=delta_softplus, rev_from=groups, config=config or DEFAULT_CONFIG,
     )  # fmt: skip
-    return y.reshape(batch, groups * dim, length)
+    return jnp.swapaxes(y, 2, 3).reshape(batch, groups * dim, length)
 
 
 def cross_selective_scan_pallas(
     u2, delta, A, B, C, D, delta_bias, config: ScanConfig | None = None
 ) -> jax.Array:
-    """SS2D scan. u2: (b, 2, D, L); delta: (b, 4, D, L); A: (4D, N); B, C: (b, 4, N, L);
+    """SS2D scan. u2: (b, 2, L, D); delta: (b, 4, L, D); A: (4D, N); B, C: (b, 4, N, L);
     D, delta_bias: (4D,). Direction k reads u2[:, k % 2]; k = 2, 3 run from the end.
-    All in forward order. Returns y (b, 4, D, L) float32."""
-    batch, _, dim, length = u2.shape
-    if u2.shape[1] != 2 or delta.shape != (batch, 4, dim, length):
-        raise ValueError(f"expected u2 (b,2,D,L) and delta (b,4,D,L), got {u2.shape}, {delta.shape}")
-    check_shapes(delta.reshape(batch, 4 * dim, length), delta.reshape(batch, 4 * dim, length), A, B, C, D, delta_bias)
+    All in forward order. Returns y (b, 4, L, D) float32."""
+    batch, length, dim = check_cross_shapes(u2, delta, A, B, C, D, delta_bias)
     return _grouped_call(
         u2, delta, A.reshape(4, dim, -1), B, C, D.reshape(4, dim), delta_bias.reshape(4, dim),
         groups=4, softplus=True, rev_from=2, config=config or DEFAULT_CONFIG,

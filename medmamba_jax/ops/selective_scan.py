@@ -69,6 +69,18 @@ def check_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> tuple[int, int, 
     return batch, groups, channels // groups, n_state, length
 
 
+def check_cross_shapes(u2, delta, A, B, C, D, delta_bias) -> tuple[int, int, int]:
+    """Validates the cross-scan layout (u2 (b, 2, L, D), delta (b, 4, L, D)); returns (batch, L, D)."""
+    if u2.ndim != 4 or u2.shape[1] != 2:
+        raise ValueError(f"u2 must be (batch, 2, L, D), got shape {u2.shape}")
+    batch, _, length, dim = u2.shape
+    if delta.shape != (batch, 4, length, dim):
+        raise ValueError(f"delta must be ({batch}, 4, {length}, {dim}), got {delta.shape}")
+    mamba_layout = jax.ShapeDtypeStruct((batch, 4 * dim, length), delta.dtype)
+    check_shapes(mamba_layout, mamba_layout, A, B, C, D, delta_bias)
+    return batch, length, dim
+
+
 def prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus) -> ScanInputs:
     """Casts to float32, applies the bias and softplus, and splits channels per group."""
     batch, groups, dim, n_state, length = check_shapes(u, delta, A, B, C)
