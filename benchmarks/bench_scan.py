@@ -7,6 +7,10 @@ their sum is the peak the program can need), and for each time the bandwidth flo
 the bytes that any implementation must read and write once, over the HBM bandwidth
 measured here with a plain device copy.
 
+``--op cross`` (the default) times SS2D's four-direction ``cross_selective_scan`` in
+its channels-minor layout, which is what MedMamba runs; ``--op scan`` times the
+mamba_ssm-layout ``selective_scan`` (the Pallas path then includes two transposes).
+
 Usage (on a GPU):
     PYTHONPATH=. python benchmarks/bench_scan.py --batch 64 128 --out scan.json
     PYTHONPATH=. python benchmarks/bench_scan.py --impls pallas --pallas tile=32,seg=8
@@ -23,21 +27,25 @@ import time
 import jax
 import jax.numpy as jnp
 
-from medmamba_jax.ops import selective_scan
-from medmamba_jax.ops.pallas_scan import DEFAULT_CONFIG, ScanConfig, selective_scan_pallas
+from medmamba_jax.ops import cross_selective_scan, selective_scan
+from medmamba_jax.ops.pallas_scan import DEFAULT_CONFIG, ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 
 # MedMamba-T at 224x224: (L, K*D) of the four stages, K = 4 directions, N = 16.
 STAGES = ((3136, 384), (784, 768), (196, 1536), (49, 3072))
 GROUPS, N_STATE = 4, 16
-CONFIG_KEYS = {"tile": "tile", "seg": "seg", "ckpt": "ckpt_segs", "warps": "num_warps", "bwd_tile": "bwd_tile"}
 
 
-def make_inputs(batch: int, length: int, channels: int, dtype) -> tuple[jax.Array, ...]:
+def make_inputs(op: str, batch: int, length: int, channels: int, dtype) -> tuple[jax.Array, ...]:
     """Random inputs in MedMamba's ranges: (u, delta, A, B, C, D, bias, dy)."""
     ks = jax.random.split(jax.random.key(int(time.time())), 8)
-    shape, bc = (batch, channels, length), (batch, GROUPS, N_STATE, length)
+    dim = channels // GROUPS
+    if op == "cross":
+        u_shape, shape = (batch, 2, length, dim), (batch, GROUPS, length, dim)
+    else:
+        u_shape = shape = (batch, channels, length)
+    bc = (batch, GROUPS, N_STATE, length)
     return (
-        jax.random.normal(ks[0], shape, dtype),
+        jax.random.normal(ks[0], u_shape, dtype),
         jax.random.normal(ks[1], shape, dtype) * 0.5,
         -jnp.exp(jax.random.uniform(ks[2], (channels, N_STATE), jnp.float32, 0.0, 2.8)),
         jax.random.normal(ks[3], bc, dtype),
@@ -48,9 +56,14 @@ def make_inputs(batch: int, length: int, channels: int, dtype) -> tuple[jax.Arra
     )
 
 
-def scan_fn(impl: str, config: ScanConfig | None):
+def scan_fn(op: str, impl: str, config: ScanConfig | None):
+    config = config or DEFAULT_CONFIG
+    if op == "cross":
+        if impl == "pallas":
+            return lambda *a: cross_selective_scan_pallas(*a, config=config)
+        return lambda *a: cross_selective_scan(*a, impl=impl)
     if impl == "pallas":
-        return lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=config or DEFAULT_CONFIG)
+        return lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=config)
     return lambda *a: selective_scan(*a, delta_softplus=True, impl=impl)
 
 
@@ -99,47 +112,36 @@ def hbm_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / secs
 
 
-def floor_bytes(batch: int, length: int, channels: int, itemsize: int, backward: bool) -> int:
-    """Bytes that must cross HBM: inputs read and outputs written once per pass."""
-    seq = batch * channels * length
-    bc = batch * GROUPS * N_STATE * length
-    fwd = (2 * seq + 2 * bc) * itemsize + seq * 4  # u, delta, B, C in; y (fp32) out
-    if not backward:
-        return fwd
-    # The backward re-reads u, delta, B, C and dy (fp32) and writes du, ddelta, dB, dC.
-    bwd = (2 * seq + 2 * bc) * itemsize + seq * 4 + (2 * seq + 2 * bc) * itemsize
-    return fwd + bwd
+def floor_bytes(inputs, dy, backward: bool) -> int:
+    """Bytes that must cross HBM once per pass. Forward: read u, delta, B, C, write y
+    (dy's size). Backward: read them again and dy, write du, ddelta, dB, dC."""
+    sequences = sum(x.nbytes for x in (inputs[0], inputs[1], inputs[3], inputs[4]))
+    fwd = sequences + dy.nbytes
+    return fwd + (2 * sequences + dy.nbytes if backward else 0)
 
 
-def bench_one(impl, config, stage, batch, dtype, iters, bandwidth) -> dict:
+def bench_one(op, impl, config, stage, batch, dtype, iters, bandwidth) -> dict:
     length, channels = STAGES[stage]
-    *inputs, dy = make_inputs(batch, length, channels, dtype)
-    scan, train = scan_fn(impl, config), fwd_bwd(scan_fn(impl, config))
-    row = {"impl": impl, "stage": stage, "L": length, "KD": channels, "batch": batch, "dtype": jnp.dtype(dtype).name}
+    *inputs, dy = make_inputs(op, batch, length, channels, dtype)
+    scan = scan_fn(op, impl, config)
+    train = fwd_bwd(scan)
+    row = {"op": op, "impl": impl, "stage": stage, "L": length, "KD": channels, "batch": batch}
+    row["dtype"] = jnp.dtype(dtype).name
     if config is not None:
-        row["config"] = {k: getattr(config, v) for k, v in CONFIG_KEYS.items()}
+        row["config"] = config.describe()
     row["fwd_compile_s"], row["fwd_s"] = time_fn(scan, inputs, iters)
     row["fwdbwd_compile_s"], row["fwdbwd_s"], compiled = time_fn(train, (*inputs, dy), iters, True)
     row["memory_fwdbwd"] = memory(compiled)
-    item = jnp.dtype(dtype).itemsize
     for key, backward in (("fwd", False), ("fwdbwd", True)):
-        floor = floor_bytes(batch, length, channels, item, backward) / bandwidth
+        floor = floor_bytes(inputs, dy, backward) / bandwidth
         row[f"{key}_floor_s"] = floor
         row[f"{key}_over_floor"] = row[f"{key}_s"] / floor
     return row
 
 
-def parse_config(text: str) -> ScanConfig:
-    """'tile=32,seg=8,ckpt=2,warps=4' -> ScanConfig."""
-    fields = {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=")
-        fields[CONFIG_KEYS[key]] = int(value)
-    return ScanConfig(**fields)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--op", default="cross", choices=["cross", "scan"])
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--impls", nargs="+", default=["reference", "associative", "pallas"])
@@ -155,10 +157,12 @@ def main(argv=None) -> None:
     for batch in args.batch:
         for stage in args.stages:
             for impl in args.impls:
-                configs = [parse_config(c) for c in args.pallas] if impl == "pallas" else [None]
+                configs = [ScanConfig.parse(c) for c in args.pallas] if impl == "pallas" else [None]
                 for config in configs:
                     try:
-                        row = bench_one(impl, config, stage, batch, jnp.dtype(args.dtype), args.iters, bandwidth)
+                        row = bench_one(
+                            args.op, impl, config, stage, batch, jnp.dtype(args.dtype), args.iters, bandwidth
+                        )
                     except Exception as err:  # report and go on: one failing config must not hide the rest
                         row = {"impl": impl, "stage": stage, "batch": batch, "error": repr(err)[:500]}
                     rows.append(row)

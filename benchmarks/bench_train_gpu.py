@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from medmamba_jax import models
+from medmamba_jax.ops import pallas_scan
 
 FACTORIES = {"t": models.medmamba_t, "s": models.medmamba_s, "b": models.medmamba_b}
 
@@ -90,9 +91,12 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--pallas-config", default="", help="Pallas ScanConfig, e.g. tile=32,warps=1")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    pallas_scan.DEFAULT_CONFIG = pallas_scan.ScanConfig.parse(args.pallas_config)
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    meta["pallas_config"] = pallas_scan.DEFAULT_CONFIG.describe()
     print(json.dumps(meta), flush=True)
     rows = []
     for variant in args.variants:
