@@ -139,7 +139,7 @@ class PallasScanTest(unittest.TestCase):
         # 96-channel group takes 32-wide tiles even when 64 are allowed.
         u = jnp.zeros((1, 2, 49, 96))
         delta, B = jnp.zeros((1, 4, 49, 96)), jnp.zeros((1, 4, 16, 49))
-        plan = pallas_scan._make_plan(u, delta, B, ScanConfig(tile=64), rev_from=2, softplus=True)
+        plan = pallas_scan._Plan(u, delta, B, ScanConfig(tile=64), rev_from=2, softplus=True)
         self.assertEqual((plan.tile, plan.n_tiles, plan.length), (32, 3, 49))
 
     def test_no_nan_on_extreme_inputs(self):

@@ -58,6 +58,11 @@ class ScanConfig:
     bwd_tile: int | None = None
     bwd_warps: int | None = 2
 
+    def tile_cap(self, backward: bool) -> int:
+        return (self.bwd_tile or self.tile) if backward else self.tile
+
+    def warps(self, backward: bool) -> int:
+        return (self.bwd_warps or self.num_warps) if backward else self.num_warps
 
     @classmethod
     def parse(cls, text: str) -> "ScanConfig":
@@ -103,15 +108,15 @@ class _Plan:
     layout: u (b, Gu, L, Dp), delta/y (b, K, L, Dp), A (K, N, Dp), D/bias (K, 1, Dp),
     B/C (b, K, N, L)."""
 
-    def __init__(self, u, delta, B, config: ScanConfig, rev_from, softplus, tile: int, backward: bool):
+    def __init__(self, u, delta, B, config: ScanConfig, rev_from: int, softplus: bool, backward: bool = False):
         self.batch, self.groups_u, self.length, self.dim = u.shape
         self.groups, self.n_state = B.shape[1], B.shape[2]
-        if self.dim % tile:
-            raise ValueError(f"internal: {self.dim} channels are not a multiple of the tile {tile}")
-        self.tile = tile
-        self.n_tiles = self.dim // tile
+        self.tile = _pow2_tile(self.dim, config.tile_cap(backward))
+        if self.dim % self.tile:
+            raise ValueError(f"internal: {self.dim} channels are not a multiple of the tile {self.tile}")
+        self.n_tiles = self.dim // self.tile
         self.geo = Geometry(self.length, max(1, min(config.seg, self.length)), config.ckpt_segs, rev_from, softplus)
-        self.num_warps = (config.bwd_warps or config.num_warps) if backward else config.num_warps
+        self.num_warps = config.warps(backward)
         self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
 
     @property
@@ -204,14 +209,9 @@ def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplu
     return _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus)[0]
 
 
-def _make_plan(u, delta, B, config, rev_from, softplus, backward=False) -> _Plan:
-    cap = (config.bwd_tile or config.tile) if backward else config.tile
-    return _Plan(u, delta, B, config, rev_from, softplus, _pow2_tile(u.shape[3], cap), backward)
-
-
 def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
     args = (u, delta, A, B, C, D, bias)
-    plan = _make_plan(u, delta, B, config, rev_from, softplus)
+    plan = _Plan(u, delta, B, config, rev_from, softplus)
     y, hs = _forward(plan, args)  # hs's layout does not depend on the tile
     return y, (args, hs)
 
@@ -219,7 +219,7 @@ def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
 def _scan_bwd(config, rev_from, softplus, res, dy):
     args, hs = res
     u, delta, A, B, C, D, bias = args
-    plan = _make_plan(u, delta, B, config, rev_from, softplus, backward=True)
+    plan = _Plan(u, delta, B, config, rev_from, softplus, backward=True)
     du, ddelta, dA, dD, dbias, dB, dC = _backward(plan, args, hs, dy)
     if plan.groups_u != plan.groups:  # directions k and k + Gu read the same sequence
         du = du.reshape(du.shape[0], -1, plan.groups_u, *du.shape[2:]).sum(axis=1)
@@ -255,7 +255,7 @@ def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, con
     """
     dim, n = delta.shape[3], A.shape[2]
     # Both tiles are powers of two, so padding to the larger one suits both kernels.
-    widest = max(_pow2_tile(dim, config.tile), _pow2_tile(dim, config.bwd_tile or config.tile))
+    widest = max(_pow2_tile(dim, config.tile_cap(backward)) for backward in (False, True))
     dp = -(-dim // widest) * widest
     n_p = pl.next_power_of_2(n)  # Triton tensors must have power-of-two sizes
     u, delta = _pad_axis(u, 3, dp), _pad_axis(delta, 3, dp)
