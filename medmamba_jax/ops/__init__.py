@@ -108,12 +108,13 @@ def cross_selective_scan(
     def directed(arr):  # flips directions 2, 3 along L; axis 1 is the direction
         return jnp.concatenate([arr[:, :2], jnp.flip(arr[:, 2:], axis=-1)], axis=1)
 
-    def mamba_layout(arr):  # (b, 4, L, D) -> (b, 4, D, L) in scan order
-        return directed(jnp.swapaxes(arr, 2, 3)).reshape(batch, 4 * dim, length)
+    def mamba_layout(arr):  # (b, 4, D, L) -> (b, 4*D, L) in scan order
+        return directed(arr).reshape(batch, 4 * dim, length)
 
+    u2_t = jnp.swapaxes(u2, 2, 3)  # transpose the two sequences once, then duplicate
     y = selective_scan(
-        mamba_layout(jnp.concatenate([u2, u2], axis=1)),
-        mamba_layout(delta),
+        mamba_layout(jnp.concatenate([u2_t, u2_t], axis=1)),
+        mamba_layout(jnp.swapaxes(delta, 2, 3)),
         A,
         directed(B),
         directed(C),
