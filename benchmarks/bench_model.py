@@ -26,18 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import median_seconds  # noqa: E402
+
 
 def _timed(fn, *args, repeats: int):
     """Median wall time of ``fn(*args)`` over ``repeats`` runs, after one warm-up."""
     import jax
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: int) -> dict:

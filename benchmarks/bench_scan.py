@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.common import median_seconds, record
 from medmamba_jax.ops import cross_selective_scan, selective_scan
 from medmamba_jax.ops.pallas_scan import DEFAULT_CONFIG, ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 
@@ -82,15 +82,10 @@ def time_fn(fn, args, iters: int, with_compiled: bool = False):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
+    run_s = median_seconds(lambda: jax.block_until_ready(compiled(*args)), iters)
     if with_compiled:
-        return compile_s, statistics.median(runs), compiled
-    return compile_s, statistics.median(runs)
+        return compile_s, run_s, compiled
+    return compile_s, run_s
 
 
 def memory(compiled) -> dict[str, int]:
@@ -165,11 +160,7 @@ def main(argv=None) -> None:
                         )
                     except Exception as err:  # report and go on: one failing config must not hide the rest
                         row = {"impl": impl, "stage": stage, "batch": batch, "error": repr(err)[:500]}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    if args.out:
-                        with open(args.out, "w") as f:
-                            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+                    record(row, rows, meta, args.out)
     sys.stdout.flush()
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from benchmarks.common import record
 from medmamba_jax import models
 from medmamba_jax.ops import pallas_scan
 
@@ -106,11 +107,7 @@ def main(argv=None) -> None:
                     row = bench(variant, dtype, impl, args.batch, args.size, args.steps, args.classes)
                 except Exception as err:  # one failing configuration must not hide the others
                     row = {"variant": variant, "dtype": dtype, "scan_impl": impl, "error": repr(err)[:500]}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out:
-                    with open(args.out, "w") as f:
-                        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+                record(row, rows, meta, args.out)
 
 
 if __name__ == "__main__":

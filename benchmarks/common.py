@@ -1,0 +1,31 @@
+"""Timing and result-recording helpers shared by the benchmark scripts (no JAX import here:
+bench_model.py sets XLA flags in child processes before JAX is imported)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Callable
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after one warm-up call.
+    ``run`` must block until its work is done (e.g. wrap it in jax.block_until_ready)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def record(row: dict, rows: list, meta: dict, out: str | None) -> None:
+    """Appends a result row, prints it as a JSON line, and rewrites ``out`` (if given) with
+    everything so far, so a crash or timeout keeps the rows already measured."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
