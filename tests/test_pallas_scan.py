@@ -3,12 +3,15 @@
 Structured like JAX's own Pallas op tests: ``PallasScanTest`` runs the compiled kernel
 and needs a GPU; ``PallasScanInterpretTest`` re-runs every test with
 ``pallas_scan.INTERPRET = True``, so the CPU CI checks the same kernel code.
+``TritonLoweringTest`` lowers the kernels for a CUDA target on any host, so the CPU CI
+also catches operations that the interpreter runs but the Triton lowering rejects.
 Plain ``unittest`` classes, so they also run without pytest:
 ``python -m unittest tests.test_pallas_scan``.
 """
 
 from __future__ import annotations
 
+import re
 import unittest
 
 import jax
@@ -188,6 +191,59 @@ class PallasScanTest(unittest.TestCase):
 
 class PallasScanInterpretTest(PallasScanTest):
     INTERPRET = True
+
+
+TRITON_CALL = "__gpu$xla.gpu.triton"
+
+
+def lower_for_gpu(fn, *args) -> str:
+    """fn(*args) lowered through Pallas' Triton lowering for a CUDA target, as StableHLO
+    text. No GPU is needed: this stops before Triton compiles to PTX, so it checks that
+    every primitive lowers, not register use or speed."""
+    from jax import export
+
+    saved, pallas_scan.INTERPRET = pallas_scan.INTERPRET, False
+    try:
+        skip_check = export.DisabledSafetyCheck.custom_call(TRITON_CALL)
+        return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[skip_check])(*args).mlir_module()
+    finally:
+        pallas_scan.INTERPRET = saved
+
+
+def triton_kernels(module: str) -> dict[str, int]:
+    """{kernel name: num_warps} of the Triton calls in a lowered module."""
+    calls = [line for line in module.splitlines() if TRITON_CALL in line]
+    found = {}
+    for line in calls:
+        name = re.search(r'name = "(\w+)"', line).group(1)
+        found[name] = int(re.search(r"num_warps = (\d+)", line).group(1))
+    return found
+
+
+class TritonLoweringTest(unittest.TestCase):
+    """Runs on every host, GPU or not."""
+
+    def grads_module(self, fn, args) -> str:
+        loss = lambda *a: jnp.sum(fn(*a))  # noqa: E731
+        return lower_for_gpu(jax.grad(loss, argnums=tuple(range(len(args)))), *args)
+
+    def test_cross_scan_and_its_adjoint_lower_at_medmamba_t_shapes(self):
+        config = pallas_scan.DEFAULT_CONFIG
+        expected = {"forward_kernel": config.warps(False), "backward_kernel": config.warps(True)}
+        for length, dim in ((3136, 96), (49, 768)):  # MedMamba-T's first and last stage
+            for dtype in (jnp.float32, jnp.bfloat16):
+                seq = lambda groups: jnp.zeros((1, groups, length, dim), dtype)  # noqa: E731
+                bc = jnp.zeros((1, 4, 16, length), dtype)
+                params = jnp.zeros((4 * dim,), jnp.float32)
+                args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
+                module = self.grads_module(cross_selective_scan_pallas, args)
+                self.assertEqual(triton_kernels(module), expected, (length, dim, dtype))
+
+    def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
+        # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.
+        args = random_inputs(np.random.default_rng(), 1, 3, 20, 5, 37)
+        fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True)  # noqa: E731
+        self.assertEqual(set(triton_kernels(self.grads_module(fn, args))), {"forward_kernel", "backward_kernel"})
 
 
 if __name__ == "__main__":
