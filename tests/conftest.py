@@ -6,7 +6,9 @@ training steps can already beat chance.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -21,6 +23,7 @@ if ROOT not in sys.path:  # so tests can import configs/ like train.py does
 # One persistent compilation cache for the session, shared with the train.py subprocesses
 # (through the environment), so each distinct program compiles once per test run.
 COMPILE_CACHE = tempfile.mkdtemp(prefix="medmamba-jax-compile-cache-")
+atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
