@@ -11,7 +11,6 @@ Plain ``unittest`` classes, so they also run without pytest:
 
 from __future__ import annotations
 
-import re
 import unittest
 
 import jax
@@ -22,6 +21,7 @@ from medmamba_jax.ops import cross_selective_scan, selective_scan
 from medmamba_jax.ops import pallas_scan
 from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 from medmamba_jax.ops.selective_scan import selective_scan_reference
+from medmamba_jax.ops.triton_lowering import lower_to_triton
 from numerics import DATA, SHARED_PARITY, rel_err
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -193,39 +193,14 @@ class PallasScanInterpretTest(PallasScanTest):
     INTERPRET = True
 
 
-TRITON_CALL = "__gpu$xla.gpu.triton"
-
-
-def lower_for_gpu(fn, *args) -> str:
-    """fn(*args) lowered through Pallas' Triton lowering for a CUDA target, as StableHLO
-    text. No GPU is needed: this stops before Triton compiles to PTX, so it checks that
-    every primitive lowers, not register use or speed."""
-    from jax import export
-
-    saved, pallas_scan.INTERPRET = pallas_scan.INTERPRET, False
-    try:
-        skip_check = export.DisabledSafetyCheck.custom_call(TRITON_CALL)
-        return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[skip_check])(*args).mlir_module()
-    finally:
-        pallas_scan.INTERPRET = saved
-
-
-def triton_kernels(module: str) -> dict[str, int]:
-    """{kernel name: num_warps} of the Triton calls in a lowered module."""
-    calls = [line for line in module.splitlines() if TRITON_CALL in line]
-    found = {}
-    for line in calls:
-        name = re.search(r'name = "(\w+)"', line).group(1)
-        found[name] = int(re.search(r"num_warps = (\d+)", line).group(1))
-    return found
-
-
 class TritonLoweringTest(unittest.TestCase):
     """Runs on every host, GPU or not."""
 
-    def grads_module(self, fn, args) -> str:
+    def kernels(self, fn, args) -> dict[str, int]:
+        """{kernel name: num_warps} of the lowered gradient program of sum(fn(*args))."""
         loss = lambda *a: jnp.sum(fn(*a))  # noqa: E731
-        return lower_for_gpu(jax.grad(loss, argnums=tuple(range(len(args)))), *args)
+        launches = lower_to_triton(jax.grad(loss, argnums=tuple(range(len(args)))), *args)
+        return {k.name: k.num_warps for k in launches}
 
     def test_cross_scan_and_its_adjoint_lower_at_medmamba_t_shapes(self):
         config = pallas_scan.DEFAULT_CONFIG
@@ -236,14 +211,20 @@ class TritonLoweringTest(unittest.TestCase):
                 bc = jnp.zeros((1, 4, 16, length), dtype)
                 params = jnp.zeros((4 * dim,), jnp.float32)
                 args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
-                module = self.grads_module(cross_selective_scan_pallas, args)
-                self.assertEqual(triton_kernels(module), expected, (length, dim, dtype))
+                self.assertEqual(self.kernels(cross_selective_scan_pallas, args), expected, (length, dim, dtype))
 
     def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
         # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.
         args = random_inputs(np.random.default_rng(), 1, 3, 20, 5, 37)
         fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True)  # noqa: E731
-        self.assertEqual(set(triton_kernels(self.grads_module(fn, args))), {"forward_kernel", "backward_kernel"})
+        self.assertEqual(set(self.kernels(fn, args)), {"forward_kernel", "backward_kernel"})
+
+    def test_triton_ir_is_captured_per_kernel(self):
+        args = random_inputs(np.random.default_rng(), 1, 1, 8, 4, 6)
+        (launch,) = lower_to_triton(lambda *a: selective_scan_pallas(*a, config=SMALL), *args, with_ir=True)
+        self.assertEqual((launch.name, launch.grid), ("forward_kernel", (1, 1, 1)))
+        self.assertTrue(launch.ir.startswith("module @forward_kernel"), launch.ir[:80])
+        self.assertIn("tt.func", launch.ir)
 
 
 if __name__ == "__main__":
