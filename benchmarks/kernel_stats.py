@@ -1,0 +1,175 @@
+"""Static resource use of the Pallas scan kernels per GPU architecture, with no GPU.
+
+For each scan config and MedMamba-T stage shape, the cross scan's forward and
+adjoint kernels are lowered to Triton IR (``medmamba_jax.ops.triton_lowering``),
+compiled offline with the ``triton`` package for each architecture, and measured
+from the compiler's own reports: registers and spills (``ptxas -v``), the resulting
+occupancy (programs resident per SM, and how many waves a batch needs), and the SASS
+instruction mix (``nvdisasm``).
+
+These are compile-time facts, not timings. They come from the ``triton`` package's
+own pass pipeline, which is close to but not the same as the one XLA runs inside
+jax's CUDA plugin, so registers can differ by a few; check against a GPU before
+relying on a small difference.
+
+Needs ``pip install triton`` (a developer tool, not a project requirement; it bundles
+ptxas and nvdisasm). Usage:
+    PYTHONPATH=. python benchmarks/kernel_stats.py --pallas "" "seg=3,ckpt=3" --out stats.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import record
+from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas
+from medmamba_jax.ops.triton_lowering import TritonKernel, lower_to_triton
+
+STAGES = ((3136, 96), (784, 192), (196, 384), (49, 768))  # MedMamba-T at 224: (L, D per direction)
+REGISTERS_PER_SM = 65536
+SASS_CLASSES = ("MUFU", "SHFL", "BAR", "LDG", "STG", "LDS", "STS", "FFMA", "FMUL", "FADD")
+
+
+class Arch(NamedTuple):
+    """Per-SM limits (CUDA programming guide, compute capability table) and a typical card."""
+
+    capability: int
+    card: str
+    sms: int
+    max_warps: int
+    max_blocks: int
+
+
+ARCHS = {
+    "sm_80": Arch(80, "A100", 108, 64, 32),
+    "sm_86": Arch(86, "RTX 3090", 82, 48, 16),
+    "sm_89": Arch(89, "RTX 4090", 128, 48, 24),
+    "sm_90": Arch(90, "H100 SXM", 132, 64, 32),
+}
+
+
+def _toolchain():
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+    except ImportError:
+        sys.exit("kernel_stats needs the triton package: pip install triton")
+    bin_dir = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin")
+    return triton, GPUTarget, bin_dir
+
+
+def blocks_per_sm(arch: Arch, registers: int, warps: int) -> int:
+    """Resident programs per SM as limited by registers (allocated per warp in units of
+    256) and by the SM's warp and block slots. Shared memory is not the limit here: the
+    kernels use well under 1 KiB."""
+    per_warp = math.ceil(registers * 32 / 256) * 256
+    by_registers = REGISTERS_PER_SM // (per_warp * warps)
+    return min(by_registers, arch.max_warps // warps, arch.max_blocks)
+
+
+def compile_kernel(kernel: TritonKernel, arch: Arch, workdir: str) -> dict:
+    """Registers, spills and the SASS instruction mix of one kernel on one architecture."""
+    triton, GPUTarget, bin_dir = _toolchain()
+    ttir = os.path.join(workdir, f"{kernel.name}.ttir")
+    with open(ttir, "w") as f:
+        f.write(kernel.ir)
+    target = GPUTarget("cuda", arch.capability, 32)
+    compiled = triton.compile(ttir, target=target, options={"num_warps": kernel.num_warps, "num_stages": 1})
+    base = os.path.join(workdir, f"{kernel.name}_sm{arch.capability}")
+    with open(base + ".ptx", "w") as f:
+        f.write(compiled.asm["ptx"])
+    with open(base + ".cubin", "wb") as f:
+        f.write(compiled.asm["cubin"])
+    suffix = "a" if arch.capability == 90 else ""  # Triton emits sm_90a PTX for Hopper
+    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, check=True)  # noqa: E731
+    report = run(f"{bin_dir}/ptxas", "-v", f"-arch=sm_{arch.capability}{suffix}", base + ".ptx", "-o", os.devnull)
+    report = report.stdout + report.stderr
+    sass = run(f"{bin_dir}/nvdisasm", "-c", base + ".cubin").stdout
+    opcodes = collections.Counter(m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass))
+    return {
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spill_bytes": sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)),
+        "sass_instructions": sum(opcodes.values()),
+        "sass": {name: opcodes[name] for name in SASS_CLASSES},
+    }
+
+
+def cross_scan_kernels(config: ScanConfig, length: int, dim: int) -> list[TritonKernel]:
+    """The forward and adjoint kernels of the cross scan's gradient program at batch 1."""
+    seq = lambda groups: jnp.zeros((1, groups, length, dim))  # noqa: E731
+    bc = jnp.zeros((1, 4, 16, length))
+    params = jnp.zeros((4 * dim,))
+    args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
+    loss = lambda *a: jnp.sum(cross_selective_scan_pallas(*a, config=config))  # noqa: E731
+    return lower_to_triton(jax.grad(loss, argnums=tuple(range(7))), *args, with_ir=True)
+
+
+def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, workdir: str):
+    length, dim = STAGES[stage]
+    for kernel in cross_scan_kernels(config, length, dim):
+        programs = batch * kernel.grid[1] * kernel.grid[2]  # grid_x is the batch (1 here)
+        for name in archs:
+            arch = ARCHS[name]
+            row = {"config": config.describe(), "stage": stage, "L": length, "D": dim, "kernel": kernel.name}
+            row.update(arch=name, card=arch.card, warps=kernel.num_warps)
+            try:
+                row.update(compile_kernel(kernel, arch, workdir))
+            except Exception as err:  # report and go on: one failing compile must not hide the rest
+                row["error"] = repr(err)[:500]
+                yield row
+                continue
+            resident = blocks_per_sm(arch, row["registers"], kernel.num_warps)
+            row.update(programs_per_sm=resident, warps_per_sm=resident * kernel.num_warps)
+            row["waves"] = programs / (resident * arch.sms)
+            yield row
+
+
+def print_table(rows: list[dict]) -> None:
+    """One markdown line per (config, stage, kernel, arch)."""
+    print("| config | L | kernel | arch | warps | registers | spill B | programs/SM | waves | MUFU | SHFL | BAR |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        config = ",".join(f"{k}={v}" for k, v in r["config"].items() if v is not None)
+        head = f"| {config} | {r['L']} | {r['kernel'].split('_')[0]} | {r['arch']} | {r['warps']} |"
+        if "error" in r:
+            print(head, r["error"][:80], "|")
+            continue
+        mix = r["sass"]
+        print(
+            head, f"{r['registers']} | {r['spill_bytes']} | {r['programs_per_sm']} | {r['waves']:.2f} |",
+            f"{mix['MUFU']} | {mix['SHFL']} | {mix['BAR']} |",
+        )
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pallas", nargs="*", default=[""], help="scan configs, e.g. seg=3,ckpt=3 ('' = default)")
+    ap.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--batch", type=int, default=128, help="batch for the wave count")
+    ap.add_argument("--out", default=None, help="write the JSON list here")
+    args = ap.parse_args(argv)
+    triton = _toolchain()[0]
+    meta = {"jax": jax.__version__, "triton": triton.__version__, "batch": args.batch}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for text in args.pallas:
+            for stage in args.stages:
+                for row in stage_rows(ScanConfig.parse(text), stage, args.archs, args.batch, workdir):
+                    record(row, rows, meta, args.out)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
