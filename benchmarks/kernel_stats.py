@@ -29,15 +29,20 @@ import sys
 import tempfile
 from typing import NamedTuple
 
+from typing import Iterator
+
 import jax
 import jax.numpy as jnp
 
+from benchmarks.bench_scan import STAGES, fwd_bwd, make_inputs, scan_fn
 from benchmarks.common import record
-from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas
+from medmamba_jax.ops.pallas_scan import ScanConfig
 from medmamba_jax.ops.triton_lowering import TritonKernel, lower_to_triton
 
-STAGES = ((3136, 96), (784, 192), (196, 384), (49, 768))  # MedMamba-T at 224: (L, D per direction)
-REGISTERS_PER_SM = 65536
+# Compute capability 8.x and 9.x: 64K registers per SM in 4 partitions, one per scheduler;
+# a warp's registers (allocated in units of 256) must fit within one partition.
+REGISTER_PARTITIONS, REGISTERS_PER_PARTITION = 4, 16384
+SHARED_RESERVED_PER_BLOCK = 1024
 SASS_CLASSES = ("MUFU", "SHFL", "BAR", "LDG", "STG", "LDS", "STS", "FFMA", "FMUL", "FADD")
 
 
@@ -49,17 +54,19 @@ class Arch(NamedTuple):
     sms: int
     max_warps: int
     max_blocks: int
+    shared_bytes: int  # per SM, the most a kernel can be given
 
 
 ARCHS = {
-    "sm_80": Arch(80, "A100", 108, 64, 32),
-    "sm_86": Arch(86, "RTX 3090", 82, 48, 16),
-    "sm_89": Arch(89, "RTX 4090", 128, 48, 24),
-    "sm_90": Arch(90, "H100 SXM", 132, 64, 32),
+    "sm_80": Arch(80, "A100", 108, 64, 32, 164 << 10),
+    "sm_86": Arch(86, "RTX 3090", 82, 48, 16, 100 << 10),
+    "sm_89": Arch(89, "RTX 4090", 128, 48, 24, 100 << 10),
+    "sm_90": Arch(90, "H100 SXM", 132, 64, 32, 228 << 10),
 }
 
 
-def _toolchain():
+def _toolchain() -> tuple:
+    """(the triton module, its GPUTarget class, the folder of its bundled ptxas and nvdisasm)."""
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -69,17 +76,42 @@ def _toolchain():
     return triton, GPUTarget, bin_dir
 
 
-def blocks_per_sm(arch: Arch, registers: int, warps: int) -> int:
-    """Resident programs per SM as limited by registers (allocated per warp in units of
-    256) and by the SM's warp and block slots. Shared memory is not the limit here: the
-    kernels use well under 1 KiB."""
+def blocks_per_sm(arch: Arch, registers: int, warps: int, shared: int = 0) -> int:
+    """Resident programs per SM, as CUDA's occupancy calculator counts them: limited by
+    registers (per partition), shared memory (bytes per program) and the SM's warp and
+    block slots."""
     per_warp = math.ceil(registers * 32 / 256) * 256
-    by_registers = REGISTERS_PER_SM // (per_warp * warps)
-    return min(by_registers, arch.max_warps // warps, arch.max_blocks)
+    by_registers = REGISTER_PARTITIONS * (REGISTERS_PER_PARTITION // per_warp) // warps
+    by_shared = arch.shared_bytes // (shared + SHARED_RESERVED_PER_BLOCK)
+    return min(by_registers, by_shared, arch.max_warps // warps, arch.max_blocks)
+
+
+def _run(*cmd: str) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return done.stdout + done.stderr
+
+
+def ptxas_report(bin_dir: str, ptx: str, arch: Arch) -> dict:
+    """Registers and spilled bytes (stores; loads re-read the same slots) per thread."""
+    suffix = "a" if arch.capability == 90 else ""  # Triton emits sm_90a PTX for Hopper
+    report = _run(f"{bin_dir}/ptxas", "-v", f"-arch=sm_{arch.capability}{suffix}", ptx, "-o", os.devnull)
+    return {
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", report).group(1)),
+    }
+
+
+def sass_mix(bin_dir: str, cubin: str) -> dict:
+    """Static counts (instructions in the code, not executed) of some SASS opcode classes."""
+    sass = _run(f"{bin_dir}/nvdisasm", "-c", cubin)
+    opcodes = collections.Counter(
+        m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
+    )
+    return {"sass_instructions": sum(opcodes.values()), "sass": {name: opcodes[name] for name in SASS_CLASSES}}
 
 
 def compile_kernel(kernel: TritonKernel, arch: Arch, workdir: str) -> dict:
-    """Registers, spills and the SASS instruction mix of one kernel on one architecture."""
+    """Registers, spills, shared memory and the SASS mix of one kernel on one architecture."""
     triton, GPUTarget, bin_dir = _toolchain()
     ttir = os.path.join(workdir, f"{kernel.name}.ttir")
     with open(ttir, "w") as f:
@@ -91,37 +123,27 @@ def compile_kernel(kernel: TritonKernel, arch: Arch, workdir: str) -> dict:
         f.write(compiled.asm["ptx"])
     with open(base + ".cubin", "wb") as f:
         f.write(compiled.asm["cubin"])
-    suffix = "a" if arch.capability == 90 else ""  # Triton emits sm_90a PTX for Hopper
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, check=True)  # noqa: E731
-    report = run(f"{bin_dir}/ptxas", "-v", f"-arch=sm_{arch.capability}{suffix}", base + ".ptx", "-o", os.devnull)
-    report = report.stdout + report.stderr
-    sass = run(f"{bin_dir}/nvdisasm", "-c", base + ".cubin").stdout
-    opcodes = collections.Counter(m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass))
-    return {
-        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
-        "spill_bytes": sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)),
-        "sass_instructions": sum(opcodes.values()),
-        "sass": {name: opcodes[name] for name in SASS_CLASSES},
-    }
+    stats = ptxas_report(bin_dir, base + ".ptx", arch)  # same ptxas and flags as Triton's cubin
+    stats["shared_bytes"] = int(compiled.metadata.shared)
+    return {**stats, **sass_mix(bin_dir, base + ".cubin")}
 
 
-def cross_scan_kernels(config: ScanConfig, length: int, dim: int) -> list[TritonKernel]:
-    """The forward and adjoint kernels of the cross scan's gradient program at batch 1."""
-    seq = lambda groups: jnp.zeros((1, groups, length, dim))  # noqa: E731
-    bc = jnp.zeros((1, 4, 16, length))
-    params = jnp.zeros((4 * dim,))
-    args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
-    loss = lambda *a: jnp.sum(cross_selective_scan_pallas(*a, config=config))  # noqa: E731
-    return lower_to_triton(jax.grad(loss, argnums=tuple(range(7))), *args, with_ir=True)
+def cross_scan_kernels(config: ScanConfig, stage: int) -> list[TritonKernel]:
+    """The forward and adjoint kernels of the cross scan's gradient program at batch 1,
+    at one of bench_scan's MedMamba-T stage shapes (u2 (1, 2, L, D), delta (1, 4, L, D))."""
+    length, channels = STAGES[stage]
+    *inputs, dy = make_inputs("cross", 1, length, channels, jnp.float32)
+    return lower_to_triton(fwd_bwd(scan_fn("cross", "pallas", config)), *inputs, dy, with_ir=True)
 
 
-def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, workdir: str):
-    length, dim = STAGES[stage]
-    for kernel in cross_scan_kernels(config, length, dim):
+def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, workdir: str) -> Iterator[dict]:
+    """One result row per (kernel, architecture) at one stage shape."""
+    length, channels = STAGES[stage]
+    for kernel in cross_scan_kernels(config, stage):
         programs = batch * kernel.grid[1] * kernel.grid[2]  # grid_x is the batch (1 here)
         for name in archs:
             arch = ARCHS[name]
-            row = {"config": config.describe(), "stage": stage, "L": length, "D": dim, "kernel": kernel.name}
+            row = {"config": config.describe(), "stage": stage, "L": length, "KD": channels, "kernel": kernel.name}
             row.update(arch=name, card=arch.card, warps=kernel.num_warps)
             try:
                 row.update(compile_kernel(kernel, arch, workdir))
@@ -129,7 +151,7 @@ def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, wor
                 row["error"] = repr(err)[:500]
                 yield row
                 continue
-            resident = blocks_per_sm(arch, row["registers"], kernel.num_warps)
+            resident = blocks_per_sm(arch, row["registers"], kernel.num_warps, row["shared_bytes"])
             row.update(programs_per_sm=resident, warps_per_sm=resident * kernel.num_warps)
             row["waves"] = programs / (resident * arch.sms)
             yield row
@@ -143,7 +165,7 @@ def print_table(rows: list[dict]) -> None:
         config = ",".join(f"{k}={v}" for k, v in r["config"].items() if v is not None)
         head = f"| {config} | {r['L']} | {r['kernel'].split('_')[0]} | {r['arch']} | {r['warps']} |"
         if "error" in r:
-            print(head, r["error"][:80], "|")
+            print(head, r["error"][:80], "|" + " |" * 6)
             continue
         mix = r["sass"]
         print(

@@ -29,16 +29,19 @@ class TritonKernel(NamedTuple):
 
 
 @contextlib.contextmanager
-def _capture_triton_ir(sink: list[str]):
-    """Records the text of every Triton module Pallas builds while active. This hooks a
-    private jax function: a jax upgrade may need it updated (the tests would say so)."""
+def _capture_triton_ir(sink: list[tuple[str, str]]):
+    """Records (name, MLIR text) of every Triton module Pallas builds while active. This
+    hooks a private jax function: a jax upgrade may need it updated (the tests would say so)."""
+    from jax._src.lib.mlir import ir
     from jax._src.pallas.triton import pallas_call_registration as registration
 
     lower = registration.lowering.lower_jaxpr_to_triton_module
 
     def recording(*args, **kwargs):
         result = lower(*args, **kwargs)
-        sink.append(result.module.operation.get_asm(enable_debug_info=False))
+        module = result.module.operation
+        name = ir.StringAttr(module.attributes["sym_name"]).value
+        sink.append((name, module.get_asm(enable_debug_info=False)))
         return result
 
     registration.lowering.lower_jaxpr_to_triton_module = recording
@@ -48,15 +51,20 @@ def _capture_triton_ir(sink: list[str]):
         registration.lowering.lower_jaxpr_to_triton_module = lower
 
 
+def _attribute(line: str, pattern: str) -> str:
+    found = re.search(pattern, line)
+    if found is None:
+        raise RuntimeError(f"no {pattern!r} in a Triton custom call; has jax's lowering format changed?")
+    return found.group(1)
+
+
 def _launches(module: str) -> list[tuple[str, int, tuple[int, int, int]]]:
     """(name, num_warps, grid) of every Triton custom call in a StableHLO module's text."""
     found = []
     for line in module.splitlines():
-        if TRITON_CALL not in line:
-            continue
-        field = lambda pattern: re.search(pattern, line).group(1)  # noqa: E731
-        grid = tuple(int(field(rf"grid_{axis} = (\d+)")) for axis in "xyz")
-        found.append((field(r'name = "(\w+)"'), int(field(r"num_warps = (\d+)")), grid))
+        if TRITON_CALL in line:
+            grid = tuple(int(_attribute(line, rf"grid_{axis} = (\d+)")) for axis in "xyz")
+            found.append((_attribute(line, r'name = "(\w+)"'), int(_attribute(line, r"num_warps = (\d+)")), grid))
     return found
 
 
@@ -65,19 +73,31 @@ def lower_to_triton(fn: Callable, *args, with_ir: bool = False) -> list[TritonKe
 
     Works on any host. Raises what the Triton lowering raises for a primitive it cannot
     lower (e.g. NotImplementedError). Pallas kernels must be in compiled (not
-    interpret) mode while this runs; ``pallas_scan`` is switched for the call.
+    interpret) mode while this runs; ``pallas_scan`` is switched for the call, and ``fn``
+    is traced afresh (but a jitted function inside ``fn`` keeps jit's cache).
     """
     from jax import export
 
     from medmamba_jax.ops import pallas_scan
 
-    modules: list[str] = []
+    def fresh(*a):  # a new function object: jit must trace again, in compiled mode, now
+        return fn(*a)
+
+    modules: list[tuple[str, str]] = []
     saved, pallas_scan.INTERPRET = pallas_scan.INTERPRET, False
     try:
         with _capture_triton_ir(modules) if with_ir else contextlib.nullcontext():
             skip_check = export.DisabledSafetyCheck.custom_call(TRITON_CALL)
-            exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[skip_check])(*args)
+            exported = export.export(jax.jit(fresh), platforms=["cuda"], disabled_checks=[skip_check])(*args)
     finally:
         pallas_scan.INTERPRET = saved
-    ir_by_name = {re.match(r"module @(\w+)", text).group(1): text for text in modules}
-    return [TritonKernel(name, warps, grid, ir_by_name.get(name, "")) for name, warps, grid in _launches(exported.mlir_module())]
+    launches = _launches(exported.mlir_module())
+    if not with_ir:
+        return [TritonKernel(name, warps, grid, "") for name, warps, grid in launches]
+    # Kernels of one name can differ (e.g. one per stage shape), so IR is paired by order.
+    if [name for name, _ in modules] != [name for name, _, _ in launches]:
+        raise RuntimeError(
+            f"captured Triton modules {[n for n, _ in modules]} do not match the program's "
+            f"launches {[n for n, _, _ in launches]}"
+        )
+    return [TritonKernel(*launch, text) for launch, (_, text) in zip(launches, modules)]
