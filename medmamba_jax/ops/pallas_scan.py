@@ -163,7 +163,6 @@ class _Plan:
 
 def _forward(plan: _Plan, args):
     b, k, dp, L, n = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state
-    sq = _SQUEEZED
     out_shape = (
         jax.ShapeDtypeStruct((b, k, L, dp), jnp.float32),
         jax.ShapeDtypeStruct((b, k, plan.geo.n_chunks, n, dp), jnp.float32),
