@@ -96,10 +96,12 @@ def main() -> None:
                         help="keep XLA's concurrency-optimised CPU scheduler (more memory)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not args.xla_default_schedule:
+    if not args.child and not args.xla_default_schedule:
         from medmamba_jax.runtime import prefer_low_memory_cpu_schedule
 
-        prefer_low_memory_cpu_schedule()  # inherited by the child processes
+        # The parent decides; children inherit XLA_FLAGS (deciding again there would undo
+        # --xla-default-schedule, which is not passed down).
+        prefer_low_memory_cpu_schedule()
     if args.child:
         print(json.dumps(measure(args.model, args.child, args.image_size, args.batch, args.repeats)))
         return
