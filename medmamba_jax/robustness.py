@@ -20,8 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medmamba_jax.analysis import cli
-
-METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
+from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

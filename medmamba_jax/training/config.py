@@ -12,12 +12,12 @@ import json
 import ml_collections
 from ml_collections import config_dict
 
+from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 from medmamba_jax.models import VARIANTS
 from medmamba_jax.ops import SCAN_IMPLS
 from medmamba_jax.training.errors import ConfigError
 
 MODELS = tuple(VARIANTS)
-METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
 
 
 def default_config() -> ml_collections.ConfigDict:
