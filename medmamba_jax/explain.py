@@ -62,11 +62,12 @@ def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int |
     from medmamba_jax.data.transforms import EvalTransform
 
     x = EvalTransform(loaded.image_size, loaded.in_chans)(image[None])
-    logits = np.asarray(loaded.model(x))[0]
+    # One forward pass gives both the map and the logits; -1 asks for the predicted class.
+    cam, logits = gradcam(loaded.model, x, np.array([-1 if target is None else target]))
+    logits = logits[0]
     probs = np.asarray(jax.nn.sigmoid(logits) if loaded.multi_label else jax.nn.softmax(logits))
     predicted = int(np.argmax(probs))
     chosen = predicted if target is None else target
-    cam, _ = gradcam(loaded.model, x, np.array([chosen]))
     # Show the image at the model's input size, where the map lives.
     shown = np.asarray(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).resize(
         (loaded.image_size, loaded.image_size), Image.BILINEAR))
@@ -107,27 +108,17 @@ def run_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
-@nnx.jit(static_argnums=(2,))
-def _features(model, images, transform):
-    return model.features(transform(images))
+def _pooled(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model.features(x)
 
 
 def pooled_features(loaded: cli.Loaded, images: np.ndarray, batch_size: int) -> np.ndarray:
     """(N, dims[-1]) pooled last-stage features of uint8 images, in fixed-size batches (one compile)."""
-    from tqdm import tqdm
-
     from medmamba_jax.data import eval_transform
+    from medmamba_jax.evaluation.predict import batched_apply
 
-    transform, out = eval_transform(loaded.config), []
-    batch_size = min(batch_size, len(images))
-    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", file=sys.stderr,
-                      disable=len(images) <= batch_size):
-        batch = np.asarray(images[start : start + batch_size])
-        count = len(batch)
-        if count < batch_size:  # pad to the compiled shape; the copies are dropped
-            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
-        out.append(np.asarray(_features(loaded.model, batch, transform))[:count])
-    return np.concatenate(out)
+    return batched_apply(_pooled, loaded.model, images, min(batch_size, len(images)),
+                         transform=eval_transform(loaded.config))
 
 
 def colour_classes(labels: np.ndarray, names: list[str], multi_label: bool) -> tuple[np.ndarray, list[str]]:

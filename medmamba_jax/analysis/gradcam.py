@@ -25,6 +25,7 @@ def head_logits(model: MedMamba, feature_map: jax.Array) -> jax.Array:
 def _gradcam(model: MedMamba, x: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     feature_map = model.last_stage(x)
     logits, pullback = jax.vjp(lambda a: head_logits(model, a), feature_map)
+    targets = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
     (grads,) = pullback(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
     weights = grads.mean(axis=(1, 2), keepdims=True)  # (b, 1, 1, C): importance of each channel
     cam = jax.nn.relu(jnp.sum(weights * feature_map.astype(jnp.float32), axis=-1))  # (b, h, w)
@@ -37,6 +38,8 @@ def _gradcam(model: MedMamba, x: jax.Array, targets: jax.Array) -> tuple[jax.Arr
 
 def gradcam(model: MedMamba, x: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Grad-CAM maps (b, H, W) in [0, 1] (min-max scaled per image) for class ``targets`` (b,) of inputs x (b, H, W, C), and the logits (b, K).
+
+    A negative target means the image's predicted class (argmax of its logits).
 
     ``model`` should be in eval mode (running BatchNorm statistics, no stochastic depth).
     """

@@ -12,10 +12,48 @@ from medmamba_jax.training import sharding
 
 
 @nnx.jit(static_argnums=(2, 3))
-def _scores(model, images, transform, multi_label: bool):
-    x = images if transform is None else transform(images)
-    logits = model(x)
-    return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
+def _apply(model, images, transform, fn):
+    return fn(model, images if transform is None else transform(images))
+
+
+def _softmax_scores(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return jax.nn.softmax(model(x), axis=-1)
+
+
+def _sigmoid_scores(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(model(x))
+
+
+def batched_apply(
+    fn: Callable[[nnx.Module, jax.Array], jax.Array],
+    model: nnx.Module,
+    images: np.ndarray,
+    batch_size: int = 64,
+    *,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> np.ndarray:
+    """``fn(model, x)`` over ``images`` (N, H, W, C) in fixed-size batches sharded over the
+    devices; returns the per-image outputs (N, ...) concatenated on the host.
+
+    ``fn`` and ``transform`` are static (hashable; a module-level function keeps one
+    compilation across calls). ``transform``, if given, maps each raw batch to model input on
+    the device. Every batch is padded to ``batch_size`` (rounded up to a multiple of the
+    device count), so one compilation serves all of ``images``.
+    """
+    mesh = mesh or sharding.make_mesh()
+    n_devices = mesh.devices.size
+    batch_size = -(-batch_size // n_devices) * n_devices
+    nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
+    share, out = sharding.local_share(batch_size), []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        count = len(batch)
+        if count < batch_size:  # pad with copies of the first image; dropped below
+            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
+        x = sharding.shard_batch(mesh, batch[share])
+        out.append(np.asarray(jax.device_get(_gather(_apply(model, x, transform, fn))))[:count])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def predict_scores(
@@ -33,23 +71,10 @@ def predict_scores(
     or raw uint8 together with ``transform`` (a hashable callable such as
     ``data.eval_transform(config)``), applied per batch on the device. Probabilities are
     softmax, or per-label sigmoid when ``multi_label``. The model is used as it is: call
-    ``model.eval()`` first for inference. Every batch is padded to ``batch_size`` (rounded
-    up to a multiple of the device count), so one compilation serves the whole split.
+    ``model.eval()`` first for inference. Batching as in :func:`batched_apply`.
     """
-    mesh = mesh or sharding.make_mesh()
-    n_devices = mesh.devices.size
-    batch_size = -(-batch_size // n_devices) * n_devices
-    nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
-    share, out = sharding.local_share(batch_size), []
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size])
-        count = len(batch)
-        if count < batch_size:  # pad with copies of the first image; dropped below
-            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
-        x = sharding.shard_batch(mesh, batch[share])
-        probs = _scores(model, x, transform, multi_label)
-        out.append(np.asarray(jax.device_get(_gather(probs)))[:count])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    scores = _sigmoid_scores if multi_label else _softmax_scores
+    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh)
 
 
 def _gather(x: jax.Array) -> jax.Array:
