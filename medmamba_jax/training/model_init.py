@@ -14,12 +14,12 @@ import sys
 import jax
 from flax import nnx, traverse_util
 
+from medmamba_jax.checkpoints import weights_state
 from medmamba_jax.models import VARIANTS, MedMamba
 from medmamba_jax.training.errors import TrainingError
 
 # Fields that define the architecture; num_classes only sizes the head.
 ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size")
-WEIGHTS = (nnx.Param, nnx.BatchStat)  # a tuple filter: either kind; RNG state is not copied
 
 
 def build(config, num_classes: int) -> MedMamba:
@@ -58,7 +58,7 @@ def _load_source(path: str) -> MedMamba:
 
 
 def _flat_weights(model: MedMamba) -> dict[tuple, jax.Array]:
-    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, WEIGHTS)))
+    return traverse_util.flatten_dict(nnx.to_pure_dict(weights_state(model)))
 
 
 def initialise_from(model: MedMamba, path: str) -> None:
@@ -78,6 +78,6 @@ def initialise_from(model: MedMamba, path: str) -> None:
     if bad:
         raise TrainingError(f"init_from {path} does not fit the model at: {', '.join(bad[:10])}")
     target.update(weights)
-    state = nnx.state(model, WEIGHTS)
+    state = weights_state(model)  # RNG state is not copied
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(target))
     nnx.update(model, state)

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from medmamba_jax import data as data_lib
@@ -164,21 +164,21 @@ class Trainer:
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
                                  bool(config.progress_bar) and self.is_main)
-        began, pending, window = time.perf_counter(), [], 0.0
+        began, pending = time.perf_counter(), []
         for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
                                                                                int(config.prefetch))):
             self.model_state, self.opt_state, loss = self.train_step(
-                self.model_state, self.opt_state, images, labels, jnp.int32(step))
+                self.model_state, self.opt_state, images, labels, np.int32(step))
             pending.append((step, loss))
             self.progress.step = step + 1
             bar.update()
             if self.progress.step % int(config.log_every_steps) == 0:
                 count = len(pending)
                 window = self._check_losses(pending) / count
-                rate = bar.rate(micro, self.progress.step - epoch * spe)
-                bar.show(window, self.lr(), rate)
+                rate, lr = bar.rate(micro, self.progress.step - epoch * spe), self.lr()
+                bar.show(window, lr, rate)
                 self.reporter.write("train", self.progress.step, epoch,
-                                    {"loss": window, "lr": self.lr(), "images_per_sec": rate})
+                                    {"loss": window, "lr": lr, "images_per_sec": rate})
             every = int(config.checkpoint_every_steps)
             if every and self.progress.step % every == 0 and self.progress.step < end:
                 self._check_losses(pending)
