@@ -11,6 +11,7 @@ Plain ``unittest`` classes, so they also run without pytest:
 
 from __future__ import annotations
 
+import functools
 import unittest
 
 import jax
@@ -113,12 +114,14 @@ class PallasScanTest(unittest.TestCase):
 
     def test_n4_one_group_one_segment_per_chunk(self):
         args = random_inputs(self.rng, 2, 1, 16, 4, 37)
-        self.check_against_reference(args, ScanConfig(tile=16, seg=2, ckpt_segs=1), softplus=True)
+        self.check_against_reference(args, ScanConfig(tile=16, seg=2, ckpt_segs=1, bc_rows=1), softplus=True)
 
     def test_multi_segment_chunks_and_narrower_backward_tile(self):
         # L = 29: three chunks of 3 segments of 3 steps, then a 2-step tail.
         args = random_inputs(self.rng, 1, 4, 4, 16, 29)
-        self.check_against_reference(args, ScanConfig(tile=4, seg=3, ckpt_segs=3, bwd_tile=2), softplus=True)
+        for bc_rows in (0, 1):  # B and C read per state (N, L) or per position (L, N)
+            config = ScanConfig(tile=4, seg=3, ckpt_segs=3, bwd_tile=2, bc_rows=bc_rows)
+            self.check_against_reference(args, config, softplus=True)
 
     def test_bf16_inputs(self):
         args = random_inputs(self.rng, 1, 2, 8, 16, 21, dtype=jnp.bfloat16)
@@ -137,8 +140,8 @@ class PallasScanTest(unittest.TestCase):
         # Channels are the last axis: L = 49 (odd) must not shrink the tile, and a
         # 96-channel group takes 32-wide tiles even when 64 are allowed.
         u = jnp.zeros((1, 2, 49, 96))
-        delta, B = jnp.zeros((1, 4, 49, 96)), jnp.zeros((1, 4, 16, 49))
-        plan = pallas_scan._Plan(u, delta, B, ScanConfig(tile=64), rev_from=2, softplus=True)
+        delta, A = jnp.zeros((1, 4, 49, 96)), jnp.zeros((4, 16, 96))
+        plan = pallas_scan._Plan(u, delta, A, ScanConfig(tile=64), rev_from=2, softplus=True)
         self.assertEqual((plan.tile, plan.n_tiles, plan.length), (32, 3, 49))
 
     def test_no_nan_on_extreme_inputs(self):
@@ -206,6 +209,15 @@ class TritonLoweringTest(unittest.TestCase):
                 params = jnp.zeros((4 * dim,), jnp.float32)
                 args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
                 self.assertEqual(self.kernels(cross_selective_scan_pallas, args), expected, (length, dim, dtype))
+
+    def test_position_major_b_and_c_lower_at_medmamba_t_shapes(self):
+        config = ScanConfig(seg=2, ckpt_segs=4, bwd_warps=1, bc_rows=1)
+        for length, dim in ((3136, 96), (49, 768)):
+            seq = lambda groups: jnp.zeros((1, groups, length, dim))  # noqa: E731
+            bc, params = jnp.zeros((1, 4, 16, length)), jnp.zeros((4 * dim,))
+            args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
+            fn = functools.partial(cross_selective_scan_pallas, config=config)
+            self.assertEqual(self.kernels(fn, args), {"forward_kernel": 1, "backward_kernel": 1}, (length, dim))
 
     def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
         # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.

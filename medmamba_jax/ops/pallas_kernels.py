@@ -7,9 +7,14 @@ memory. Refs seen by a program (leading grid axes squeezed away):
 
 * ``u``, ``delta``, ``dy``, ``du``, ``ddelta``, ``y``: (L, TD), channels minor
 * ``A``, ``dA``: (N, TD); ``D``, ``bias``, ``dD``, ``dbias``: (1, TD)
-* ``B``, ``C``: (N, L) — the group's B/C, shared by all its channel tiles
+* ``B``, ``C``: (N, L), or (L, N) with ``bc_rows`` — the group's B/C, shared by all its
+  channel tiles
 * ``hs``: (n_chunks, N, TD) — the state at the start of each checkpoint chunk
-* ``dB``, ``dC``: (N, L) — this tile's partial sums over its channels
+* ``dB``, ``dC``: like B and C — this tile's partial sums over its channels
+
+A position's B and C are its N values, which every thread of the program holds: from an
+(N, L) ref that is N strided scalar loads, each with its own address arithmetic; from
+an (L, N) ref (``bc_rows``) it is one contiguous run, which the compiler vectorises.
 
 Every value is two-dimensional: a position's channel row (1, TD) and its state column
 (N, 1) broadcast into the (N, TD) state without a change of register layout, and
@@ -45,6 +50,7 @@ class Geometry(NamedTuple):
     ckpt_segs: int  # segments per checkpoint chunk
     rev_from: int  # directions k >= rev_from run backwards
     softplus: bool
+    bc_rows: bool = False  # B, C and their gradients are (L, N), not (N, L)
 
     @property
     def chunk(self) -> int:
@@ -108,8 +114,10 @@ def _row(ref, t, dtype=f32) -> jax.Array:
     return ref[pl.ds(t, 1), :].astype(dtype)
 
 
-def _col(ref, t, dtype=f32) -> jax.Array:
-    """Position t of an (N, L) ref: (N, 1)."""
+def _col(ref, t, rows: bool, dtype=f32) -> jax.Array:
+    """Position t of an (N, L) ref, or of an (L, N) ref if rows: (N, 1)."""
+    if rows:
+        return ref[pl.ds(t, 1), :].astype(dtype).reshape(ref.shape[1], 1)
     return ref[:, pl.ds(t, 1)].astype(dtype)
 
 
@@ -117,14 +125,18 @@ def _store_row(ref, t, value: jax.Array) -> None:
     ref[pl.ds(t, 1), :] = value.astype(ref.dtype)
 
 
-def _store_col(ref, t, value: jax.Array) -> None:
-    ref[:, pl.ds(t, 1)] = value.astype(ref.dtype)
+def _store_col(ref, t, value: jax.Array, rows: bool) -> None:
+    """Writes an (N, 1) value at position t of an (N, L) ref, or of an (L, N) ref if rows."""
+    if rows:
+        ref[pl.ds(t, 1), :] = value.astype(ref.dtype).reshape(1, ref.shape[1])
+    else:
+        ref[:, pl.ds(t, 1)] = value.astype(ref.dtype)
 
 
 def _load(refs, t, p: Params, geo: Geometry) -> StepIn:
     u_ref, dl_ref, b_ref, c_ref = refs
     dt, sig = _dt(_row(dl_ref, t), p.bias, geo.softplus)
-    return StepIn(_row(u_ref, t), dt, sig, _col(b_ref, t), _col(c_ref, t))
+    return StepIn(_row(u_ref, t), dt, sig, _col(b_ref, t, geo.bc_rows), _col(c_ref, t, geo.bc_rows))
 
 
 def _advance(h: jax.Array, x: StepIn, p: Params):
@@ -213,12 +225,12 @@ class Adj(NamedTuple):
     dbias: jax.Array  # (1, TD)
 
 
-def _adjoint_step(out_refs, t, x: StepIn, h_prev, decay, h, carry: Adj, g, p: Params) -> Adj:
+def _adjoint_step(out_refs, t, x: StepIn, h_prev, decay, h, carry: Adj, g, p: Params, geo: Geometry) -> Adj:
     """Backpropagates through position t given its states; writes du, ddelta, dB, dC at t."""
     du_ref, ddl_ref, db_ref, dc_ref = out_refs
     dh = x.c * g + carry.q  # d loss / d h_t, (N, TD)
-    _store_col(dc_ref, t, jnp.sum(g * h, axis=1, keepdims=True))
-    _store_col(db_ref, t, jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True))
+    _store_col(dc_ref, t, jnp.sum(g * h, axis=1, keepdims=True), geo.bc_rows)
+    _store_col(db_ref, t, jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True), geo.bc_rows)
     dh_b = jnp.sum(dh * x.b, axis=0, keepdims=True)
     w = dh * decay * h_prev  # shared by d dt (through exp(dt A)) and dA
     ddt = x.u * dh_b + jnp.sum(w * p.A, axis=0, keepdims=True)
@@ -242,7 +254,7 @@ def backward_kernel(
         t = pos(s)
         x = _load(refs, t, p, geo)
         decay, h = _advance(h_prev, x, p)
-        return _adjoint_step(out_refs, t, x, h_prev, decay, h, carry, _row(dy_ref, t), p)
+        return _adjoint_step(out_refs, t, x, h_prev, decay, h, carry, _row(dy_ref, t), p, geo)
 
     def segment(h0, s0, carry: Adj) -> Adj:
         # Forward through the segment keeping every state in registers, then walk back.
@@ -256,7 +268,7 @@ def backward_kernel(
             decays.append(decay)
             states.append(h)
         for j in reversed(range(geo.seg)):
-            carry = _adjoint_step(out_refs, ts[j], xs[j], states[j], decays[j], states[j + 1], carry, gs[j], p)
+            carry = _adjoint_step(out_refs, ts[j], xs[j], states[j], decays[j], states[j + 1], carry, gs[j], p, geo)
         return carry
 
     def chunk(i, carry: Adj) -> Adj:

@@ -57,6 +57,9 @@ class ScanConfig:
     # another tile and warp count. None: the forward's.
     bwd_tile: int | None = None
     bwd_warps: int | None = 2
+    # 1: the kernels read B and C position-major, (L, N), so a position's N values are one
+    # vectorised load; the wrapper transposes them (an XLA copy, unless fused upstream).
+    bc_rows: int = 0
 
     def tile_cap(self, backward: bool) -> int:
         return (self.bwd_tile or self.tile) if backward else self.tile
@@ -82,7 +85,7 @@ class ScanConfig:
 
 _CONFIG_KEYS = {
     "tile": "tile", "seg": "seg", "ckpt": "ckpt_segs", "warps": "num_warps",
-    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps",
+    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps", "bc_rows": "bc_rows",
 }  # fmt: skip
 DEFAULT_CONFIG = ScanConfig()
 
@@ -106,16 +109,17 @@ def _pow2_tile(dim: int, cap: int) -> int:
 class _Plan:
     """Shapes and launch parameters of one call. Arrays use the grouped, channels-minor
     layout: u (b, Gu, L, Dp), delta/y (b, K, L, Dp), A (K, N, Dp), D/bias (K, 1, Dp),
-    B/C (b, K, N, L)."""
+    B/C (b, K, N, L), or (b, K, L, N) with ``config.bc_rows``."""
 
-    def __init__(self, u, delta, B, config: ScanConfig, rev_from: int, softplus: bool, backward: bool = False):
+    def __init__(self, u, delta, A, config: ScanConfig, rev_from: int, softplus: bool, backward: bool = False):
         self.batch, self.groups_u, self.length, self.dim = u.shape
-        self.groups, self.n_state = B.shape[1], B.shape[2]
+        self.groups, self.n_state = A.shape[0], A.shape[1]
         self.tile = _pow2_tile(self.dim, config.tile_cap(backward))
         if self.dim % self.tile:
             raise ValueError(f"internal: {self.dim} channels are not a multiple of the tile {self.tile}")
         self.n_tiles = self.dim // self.tile
-        self.geo = Geometry(self.length, max(1, min(config.seg, self.length)), config.ckpt_segs, rev_from, softplus)
+        seg = max(1, min(config.seg, self.length))
+        self.geo = Geometry(self.length, seg, config.ckpt_segs, rev_from, softplus, bool(config.bc_rows))
         self.num_warps = config.warps(backward)
         self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
 
@@ -127,15 +131,21 @@ class _Plan:
         """BlockSpecs of the shared inputs u, delta, A, B, C, D, bias."""
         sq, td, L, n, gu = _SQUEEZED, self.tile, self.length, self.n_state, self.groups_u
         row = pl.BlockSpec((sq, 1, td), lambda i, k, j: (k, 0, j))
+        bc = pl.BlockSpec((sq, sq, *self.bc_block), lambda i, k, j: (i, k, 0, 0))
         return [
             pl.BlockSpec((sq, sq, L, td), lambda i, k, j: (i, k % gu, 0, j)),
             self.sequence_spec(),
             pl.BlockSpec((sq, n, td), lambda i, k, j: (k, 0, j)),
-            pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
-            pl.BlockSpec((sq, sq, n, L), lambda i, k, j: (i, k, 0, 0)),
+            bc,
+            bc,
             row,
             row,
         ]
+
+    @property
+    def bc_block(self) -> tuple[int, int]:
+        """One group's B or C (and dB, dC) in the kernels' layout."""
+        return (self.length, self.n_state) if self.geo.bc_rows else (self.n_state, self.length)
 
     def sequence_spec(self):
         """A (b, K, L, Dp) array: delta, y, dy, du, ddelta."""
@@ -172,23 +182,23 @@ def _forward(plan: _Plan, args):
 
 
 def _backward(plan: _Plan, args, hs, dy):
-    b, k, dp, L, n, nt, td = plan.batch, plan.groups, plan.dim, plan.length, plan.n_state, plan.n_tiles, plan.tile
+    b, k, dp, n, nt, td = plan.batch, plan.groups, plan.dim, plan.n_state, plan.n_tiles, plan.tile
     sq = _SQUEEZED
     per_dir = plan.sequence_spec()
     # When u is shared by two directions (SS2D), each direction writes its own du in fp32.
     du_dtype = plan.u_dtype if plan.groups_u == k else jnp.float32
     f32 = jnp.float32
     out_shape = (
-        jax.ShapeDtypeStruct((b, k, L, dp), du_dtype),
-        jax.ShapeDtypeStruct((b, k, L, dp), plan.delta_dtype),
+        jax.ShapeDtypeStruct((b, k, plan.length, dp), du_dtype),
+        jax.ShapeDtypeStruct((b, k, plan.length, dp), plan.delta_dtype),
         jax.ShapeDtypeStruct((b, k, n, dp), f32),
         jax.ShapeDtypeStruct((b, k, 1, dp), f32),
         jax.ShapeDtypeStruct((b, k, 1, dp), f32),
-        jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
-        jax.ShapeDtypeStruct((b, k, nt, n, L), f32),
+        jax.ShapeDtypeStruct((b, k, nt, *plan.bc_block), f32),
+        jax.ShapeDtypeStruct((b, k, nt, *plan.bc_block), f32),
     )
     row = pl.BlockSpec((sq, sq, 1, td), lambda i, kk, j: (i, kk, 0, j))
-    part = pl.BlockSpec((sq, sq, sq, n, L), lambda i, kk, j: (i, kk, j, 0, 0))
+    part = pl.BlockSpec((sq, sq, sq, *plan.bc_block), lambda i, kk, j: (i, kk, j, 0, 0))
     out_specs = (
         per_dir,
         per_dir,
@@ -210,7 +220,7 @@ def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplu
 
 def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
     args = (u, delta, A, B, C, D, bias)
-    plan = _Plan(u, delta, B, config, rev_from, softplus)
+    plan = _Plan(u, delta, A, config, rev_from, softplus)
     y, hs = _forward(plan, args)  # hs's layout does not depend on the tile
     return y, (args, hs)
 
@@ -218,7 +228,7 @@ def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
 def _scan_bwd(config, rev_from, softplus, res, dy):
     args, hs = res
     u, delta, A, B, C, D, bias = args
-    plan = _Plan(u, delta, B, config, rev_from, softplus, backward=True)
+    plan = _Plan(u, delta, A, config, rev_from, softplus, backward=True)
     du, ddelta, dA, dD, dbias, dB, dC = _backward(plan, args, hs, dy)
     if plan.groups_u != plan.groups:  # directions k and k + Gu read the same sequence
         du = du.reshape(du.shape[0], -1, plan.groups_u, *du.shape[2:]).sum(axis=1)
@@ -261,6 +271,8 @@ def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, con
     D, bias = (_pad_axis(x, 1, dp)[:, None, :] for x in (D, bias))
     A = jnp.swapaxes(_pad_axis(_pad_axis(A, 1, dp), 2, n_p), 1, 2)
     B, C = _pad_axis(B, 2, n_p), _pad_axis(C, 2, n_p)
+    if config.bc_rows:
+        B, C = jnp.swapaxes(B, 2, 3), jnp.swapaxes(C, 2, 3)
     y = _scan(u, delta, A, B, C, D, bias, config, rev_from, softplus)
     return y[..., :dim]
 
