@@ -4,8 +4,9 @@ For each scan config and MedMamba-T stage shape, the cross scan's forward and
 adjoint kernels are lowered to Triton IR (``medmamba_jax.ops.triton_lowering``),
 compiled offline with the ``triton`` package for each architecture, and measured
 from the compiler's own reports: registers and spills (``ptxas -v``), the resulting
-occupancy (programs resident per SM, and how many waves a batch needs), and the SASS
-instruction mix (``nvdisasm``).
+occupancy (programs resident per SM, and how many waves a batch needs), the SASS
+instruction mix (``nvdisasm``), and the size of each loop body in the SASS: the hot
+loop's instructions per scan step say how much issue work a step costs.
 
 These are compile-time facts, not timings. They come from the ``triton`` package's
 own pass pipeline, which is close to but not the same as the one XLA runs inside
@@ -101,13 +102,61 @@ def ptxas_report(bin_dir: str, ptx: str, arch: Arch) -> dict:
     }
 
 
+_SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)([^;]*)")
+_SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_BRANCH_TARGET = re.compile(r"`?\((\.L_x_\d+)\)")
+
+
+def parse_sass(sass: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """(opcode, operands) per instruction, and each label's instruction index."""
+    instructions, labels = [], {}
+    for line in sass.splitlines():
+        label = _SASS_LABEL.match(line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+        found = _SASS_INSTRUCTION.search(line)
+        if found:
+            instructions.append((found.group(1), found.group(2)))
+    return instructions, labels
+
+
+def loop_bodies(sass: str) -> list[dict]:
+    """Every loop (a branch back to an earlier label), in code order, with its instruction
+    count excluding the loops nested in it and its opcode mix. Static counts: a body runs
+    once per iteration; one-instruction self-branches (the trap after exit) are left out."""
+    instructions, labels = parse_sass(sass)
+    spans = []
+    for end, (opcode, operands) in enumerate(instructions):
+        target = _BRANCH_TARGET.search(operands) if opcode == "BRA" else None
+        if target and labels.get(target.group(1), end + 1) < end:
+            spans.append((labels[target.group(1)], end))
+    loops = []
+    for start, end in sorted(spans):
+        inside = set(range(start, end + 1))
+        for other in spans:
+            if other != (start, end) and start <= other[0] and other[1] <= end:
+                inside -= set(range(other[0], other[1] + 1))
+        mix = collections.Counter(instructions[i][0] for i in inside)
+        loops.append({"instructions": len(inside), "sass": {name: mix[name] for name in SASS_CLASSES}})
+    return loops
+
+
 def sass_mix(bin_dir: str, cubin: str) -> dict:
-    """Static counts (instructions in the code, not executed) of some SASS opcode classes."""
+    """Static counts (instructions in the code, not executed) of some SASS opcode classes,
+    for the whole kernel and per loop body."""
     sass = _run(f"{bin_dir}/nvdisasm", "-c", cubin)
-    opcodes = collections.Counter(
-        m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
-    )
-    return {"sass_instructions": sum(opcodes.values()), "sass": {name: opcodes[name] for name in SASS_CLASSES}}
+    opcodes = collections.Counter(opcode for opcode, _ in parse_sass(sass)[0])
+    return {
+        "sass_instructions": sum(opcodes.values()),
+        "sass": {name: opcodes[name] for name in SASS_CLASSES},
+        "loops": loop_bodies(sass),
+    }
+
+
+def hot_loop_per_step(row: dict, seg: int) -> float:
+    """Warp instructions a program issues per scan step in its largest loop body (the
+    unrolled segment of ``seg`` steps; the adjoint's recompute loop is not included)."""
+    return max(loop["instructions"] for loop in row["loops"]) * row["warps"] / seg
 
 
 def compile_kernel(kernel: TritonKernel, arch: Arch, workdir: str) -> dict:
@@ -154,22 +203,26 @@ def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, wor
             resident = blocks_per_sm(arch, row["registers"], kernel.num_warps, row["shared_bytes"])
             row.update(programs_per_sm=resident, warps_per_sm=resident * kernel.num_warps)
             row["waves"] = programs / (resident * arch.sms)
+            if row["loops"]:
+                row["hot_loop_per_step"] = hot_loop_per_step(row, min(config.seg, length))
             yield row
 
 
 def print_table(rows: list[dict]) -> None:
     """One markdown line per (config, stage, kernel, arch)."""
-    print("| config | L | kernel | arch | warps | registers | spill B | programs/SM | waves | MUFU | SHFL | BAR |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| config | L | kernel | arch | warps | registers | spill B | programs/SM | waves | hot loop/step "
+          "| MUFU | SHFL | BAR |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         config = ",".join(f"{k}={v}" for k, v in r["config"].items() if v is not None)
         head = f"| {config} | {r['L']} | {r['kernel'].split('_')[0]} | {r['arch']} | {r['warps']} |"
         if "error" in r:
-            print(head, r["error"][:80], "|" + " |" * 6)
+            print(head, r["error"][:80], "|" + " |" * 7)
             continue
         mix = r["sass"]
         print(
             head, f"{r['registers']} | {r['spill_bytes']} | {r['programs_per_sm']} | {r['waves']:.2f} |",
+            f"{r.get('hot_loop_per_step', float('nan')):.0f} |",
             f"{mix['MUFU']} | {mix['SHFL']} | {mix['BAR']} |",
         )
 

@@ -1,10 +1,30 @@
-"""The occupancy arithmetic of benchmarks/kernel_stats.py (its compiling needs triton; this does not)."""
+"""The occupancy arithmetic and SASS loop parsing of benchmarks/kernel_stats.py (its
+compiling needs triton; this does not)."""
 
 from __future__ import annotations
 
 import unittest
 
-from benchmarks.kernel_stats import ARCHS, blocks_per_sm
+from benchmarks.kernel_stats import ARCHS, blocks_per_sm, hot_loop_per_step, loop_bodies
+
+# nvdisasm -c layout: an outer loop (.L_x_1) holding an inner one (.L_x_2), a forward
+# branch that is not a loop, and the trap self-branch after EXIT.
+NESTED_LOOPS_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+.L_x_2:
+        /*0020*/                   FFMA R3, R2, R3, R5 ;
+        /*0030*/                   MUFU.EX2 R6, R3 ;
+        /*0040*/              @P0 BRA `(.L_x_2) ;
+        /*0050*/              @!P1 BRA `(.L_x_3) ;
+        /*0060*/                   SHFL.BFLY PT, R7, R6, 0x1, 0x1f ;
+.L_x_3:
+        /*0070*/               @P2 BRA `(.L_x_1) ;
+        /*0080*/                   EXIT ;
+.L_x_4:
+        /*0090*/                   BRA `(.L_x_4);
+"""
 
 
 class OccupancyTest(unittest.TestCase):
@@ -29,6 +49,21 @@ class OccupancyTest(unittest.TestCase):
         self.assertEqual(blocks_per_sm(ARCHS["sm_90"], 32, 1), 32)
         self.assertEqual(blocks_per_sm(ARCHS["sm_86"], 32, 1), 16)
         self.assertEqual(blocks_per_sm(ARCHS["sm_89"], 32, 4), 12)  # 48 warps / 4
+
+
+class LoopBodiesTest(unittest.TestCase):
+    def test_nested_loops_count_their_own_instructions(self):
+        outer, inner = loop_bodies(NESTED_LOOPS_SASS)
+        # The inner body: FFMA, MUFU and its branch. The outer: LDG, the forward branch,
+        # SHFL and its own branch; the inner loop's instructions are not counted again.
+        self.assertEqual(inner["instructions"], 3)
+        self.assertEqual((inner["sass"]["FFMA"], inner["sass"]["MUFU"]), (1, 1))
+        self.assertEqual(outer["instructions"], 4)
+        self.assertEqual((outer["sass"]["LDG"], outer["sass"]["SHFL"], outer["sass"]["FFMA"]), (1, 1, 0))
+
+    def test_hot_loop_per_step_scales_by_warps_over_segment(self):
+        row = {"warps": 2, "loops": loop_bodies(NESTED_LOOPS_SASS)}
+        self.assertEqual(hot_loop_per_step(row, seg=4), 4 * 2 / 4)
 
 
 if __name__ == "__main__":
