@@ -65,17 +65,19 @@ def classify(images: list[np.ndarray], loaded: cli.Loaded, batch_size: int) -> n
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     loaded = cli.load(args)
+    read = list(read_images(args.images, loaded))
+    good = [image for _, image in read if not isinstance(image, str)]
+    # All readable images go through predict_scores at once: it pads the last batch, so
+    # one compiled program serves any number of files (chunking here as well gave a short
+    # last chunk its own compilation).
+    probs = iter(classify(good, loaded, args.batch_size)) if good else iter(())
     failed = 0
-    for start in range(0, len(args.images), args.batch_size):
-        chunk = list(read_images(args.images[start : start + args.batch_size], loaded))
-        good = [(path, image) for path, image in chunk if not isinstance(image, str)]
-        probs = iter(classify([image for _, image in good], loaded, args.batch_size)) if good else iter(())
-        for path, image in chunk:  # input order, errors in place
-            if isinstance(image, str):
-                failed += 1
-                print(f"error: {image}", file=sys.stderr, flush=True)
-            else:
-                print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
+    for path, image in read:  # input order, errors in place
+        if isinstance(image, str):
+            failed += 1
+            print(f"error: {image}", file=sys.stderr, flush=True)
+        else:
+            print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
     if failed:
         print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
         return 1

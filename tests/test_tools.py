@@ -63,6 +63,26 @@ def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images
     assert any("notes.txt" in line and "not a readable image" in line for line in errors)
 
 
+def test_predict_compiles_once_when_the_last_batch_is_short(tools_workdir, sample_images, capsys, monkeypatch):
+    from medmamba_jax.evaluation import predict as batching
+
+    traced, softmax = [], batching._softmax_scores
+
+    def counting_softmax(model, x):  # runs only while jit traces, so it counts compilations
+        traced.append(x.shape)
+        return softmax(model, x)
+
+    monkeypatch.setattr(batching, "_softmax_scores", counting_softmax)
+    files = [sample_images[n] for n in ("rgb.png", "gray.png", "rgba.png", "photo.jpg", "scan.dcm")]
+    probabilities = {}
+    for batch_size in (2, 5):  # 5 images: batches of 2, 2 and a padded 1; then one batch
+        assert run(predict.main, ["--workdir", tools_workdir, "--top-k", "9", "--batch-size", str(batch_size), *files]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        probabilities[batch_size] = [sorted((e["index"], e["probability"]) for e in line["top_k"]) for line in lines]
+    assert traced == [(2, 64, 64, 3), (5, 64, 64, 3)]
+    np.testing.assert_allclose(probabilities[2], probabilities[5], atol=2e-6)
+
+
 def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
     import jax.numpy as jnp
 
