@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import ROOT
-from medmamba_jax.training import optim
+from medmamba_jax.training import model_init, optim
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError
 
@@ -50,6 +50,34 @@ def test_bad_config_values(key, value, message):
     config[key] = value
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dims", (8, 16), r"medmamba_t: depths \(2, 2, 4, 2\) and dims \(8, 16\) must have the same length"),
+    ("dims", (96, 192, 384, 770.5), r"dims must be a non-empty sequence of integers >= 2, got \(96, 192, 384, 770.5\)"),
+    ("dims", (96, 192, 384, 767), r"dims must be even .*got \(96, 192, 384, 767\)"),
+    ("depths", (2, 2, -4, 2), r"depths must be a non-empty sequence of integers >= 0"),
+    ("depths", (), r"depths must be a non-empty sequence"),
+    ("dtype", "bf16", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'bf16'"),
+    ("dtype", "float64", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'float64'"),
+    ("in_chans", 0, r"in_chans must be at least 1, got 0"),
+    ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\), got 1.0"),
+])
+def test_bad_model_settings_fail_validation(key, value, message):
+    # Otherwise they fail in model_init.build, after the whole dataset has been loaded.
+    config = default_config()
+    config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_model_settings_that_validate_build_that_model():
+    config = default_config()
+    config.depths, config.dims, config.dtype, config.in_chans = (1, 1), (8, 16), "bfloat16", 1
+    validate(config)
+    model = model_init.build(config, num_classes=2)
+    assert (model.config.depths, model.config.dims, model.config.dtype, model.config.in_chans) == (
+        (1, 1), (8, 16), "bfloat16", 1)
 
 
 def test_unknown_config_key():

@@ -1,6 +1,7 @@
 """MedMamba modules (Flax NNX)."""
 
 from medmamba_jax.models.medmamba import (
+    VARIANT_CONFIGS,
     VARIANTS,
     ConvBranch,
     MedMamba,
@@ -19,6 +20,7 @@ from medmamba_jax.models.medmamba import (
 from medmamba_jax.models.ss2d import SS2D
 
 __all__ = [
+    "VARIANT_CONFIGS",
     "VARIANTS",
     "ConvBranch",
     "MedMamba",

@@ -27,6 +27,19 @@ from medmamba_jax.ops import SCAN_IMPLS
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _int_tuple(name: str, given: Any, minimum: int) -> tuple[int, ...]:
+    """``given`` as a non-empty tuple of whole numbers >= ``minimum``, else a ValueError naming ``name``."""
+    try:
+        values = tuple(given)
+        ints = tuple(int(v) for v in values)
+        whole = all(i == v for i, v in zip(ints, values))  # 8.5 or "8" must not become 8 silently
+    except (TypeError, ValueError):  # not a sequence, or an entry that is not a number
+        whole = False
+    if not whole or not ints or min(ints) < minimum:
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= {minimum}, got {given!r}")
+    return ints
+
+
 @dataclasses.dataclass(frozen=True)
 class MedMambaConfig:
     """Everything needed to rebuild a MedMamba; JSON-serialisable through ``to_dict``."""
@@ -42,14 +55,24 @@ class MedMambaConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
-        if len(self.depths) != len(self.dims) or not self.depths:
-            raise ValueError(f"depths {self.depths} and dims {self.dims} must be non-empty and equally long")
+        # Each check names the field and what it accepts: the training config's model
+        # settings are checked here before a run loads any data (training/config.py).
+        object.__setattr__(self, "depths", _int_tuple("depths", self.depths, minimum=0))
+        object.__setattr__(self, "dims", _int_tuple("dims", self.dims, minimum=2))
         if any(d % 2 for d in self.dims):
-            raise ValueError(f"every dim must be even (blocks split channels in two), got {self.dims}")
+            raise ValueError(f"dims must be even (blocks split channels in two), got {self.dims}")
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length (one per stage)")
+        if self.in_chans < 1:
+            raise ValueError(f"in_chans must be at least 1, got {self.in_chans}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.scan_impl not in SCAN_IMPLS:
             raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
+        try:  # any spelling NumPy knows (jnp.bfloat16, "f4") is stored by its canonical name
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        except TypeError:
+            pass  # not a dtype at all: rejected just below
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
 
@@ -209,11 +232,10 @@ class MedMamba(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        dtype_name = jnp.dtype(dtype).name
         self.config = MedMambaConfig(
-            depths, dims, d_state, num_classes, in_chans, patch_size, drop_path_rate, scan_impl, dtype_name
+            depths, dims, d_state, num_classes, in_chans, patch_size, drop_path_rate, scan_impl, dtype
         )
-        cfg, compute = self.config, _DTYPES[dtype_name]
+        cfg, compute = self.config, _DTYPES[self.config.dtype]
         self.patch_embed = PatchEmbed2D(cfg.patch_size, cfg.in_chans, cfg.dims[0], dtype=compute, rngs=rngs)
         rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         starts = np.cumsum((0,) + cfg.depths).tolist()
@@ -269,19 +291,30 @@ def build_model(config: MedMambaConfig, rngs: nnx.Rngs) -> MedMamba:
     return MedMamba(**config.to_dict(), rngs=rngs)
 
 
-def _variant(name: str, depths: tuple[int, ...], dims: tuple[int, ...], params: str):
+# The released variants (at 1000 classes); a variant with overrides is
+# dataclasses.replace(VARIANT_CONFIGS[name], **overrides), which checks them without building.
+VARIANT_CONFIGS = {
+    "medmamba_t": MedMambaConfig(depths=(2, 2, 4, 2), dims=(96, 192, 384, 768)),
+    "medmamba_s": MedMambaConfig(depths=(2, 2, 8, 2), dims=(96, 192, 384, 768)),
+    "medmamba_b": MedMambaConfig(depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024)),
+}
+
+
+def _variant(name: str, params: str):
+    base = VARIANT_CONFIGS[name]
+
     def factory(num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> MedMamba:
-        kwargs = dict(depths=depths, dims=dims, num_classes=num_classes) | overrides
+        kwargs = dict(depths=base.depths, dims=base.dims, num_classes=num_classes) | overrides
         return MedMamba(**kwargs, rngs=rngs)
 
     factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"{name}: depths {depths}, dims {dims}; {params} parameters at 1000 classes."
+    factory.__doc__ = f"{name}: depths {base.depths}, dims {base.dims}; {params} parameters at 1000 classes."
     return factory
 
 
-medmamba_t = _variant("medmamba_t", (2, 2, 4, 2), (96, 192, 384, 768), "15,221,608")
-medmamba_s = _variant("medmamba_s", (2, 2, 8, 2), (96, 192, 384, 768), "19,389,544")
-medmamba_b = _variant("medmamba_b", (2, 2, 12, 2), (128, 256, 512, 1024), "40,883,688")
+medmamba_t = _variant("medmamba_t", "15,221,608")
+medmamba_s = _variant("medmamba_s", "19,389,544")
+medmamba_b = _variant("medmamba_b", "40,883,688")
 
 VARIANTS = {"medmamba_t": medmamba_t, "medmamba_s": medmamba_s, "medmamba_b": medmamba_b}
 

@@ -7,13 +7,15 @@ since the run with their defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
-from medmamba_jax.models import VARIANTS
+from medmamba_jax.models import VARIANT_CONFIGS, VARIANTS
 from medmamba_jax.ops import SCAN_IMPLS
 from medmamba_jax.training.errors import ConfigError
 
@@ -91,6 +93,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:  # the architecture model_init.build will make, checked without building it
+        dataclasses.replace(VARIANT_CONFIGS[config.model], **model_overrides(config))
+    except ValueError as err:
+        raise ConfigError(f"bad model setting for {config.model}: {err}") from None
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The MedMamba arguments the config sets on top of its ``model`` variant's."""
+    overrides = {
+        "drop_path_rate": float(config.drop_path_rate),
+        "scan_impl": config.scan_impl,
+        "dtype": config.dtype,
+        "in_chans": int(config.in_chans),
+    }
+    overrides.update({key: config[key] for key in ("depths", "dims") if config[key] is not None})
+    return overrides
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

@@ -16,6 +16,7 @@ from flax import nnx, traverse_util
 
 from medmamba_jax.checkpoints import weights_state
 from medmamba_jax.models import VARIANTS, MedMamba
+from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import TrainingError
 
 # Fields that define the architecture; num_classes only sizes the head.
@@ -24,20 +25,10 @@ ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size")
 
 def build(config, num_classes: int) -> MedMamba:
     """A freshly initialised MedMamba of ``config.model`` with the config's overrides."""
-    overrides = {
-        "drop_path_rate": float(config.drop_path_rate),
-        "scan_impl": config.scan_impl,
-        "dtype": config.dtype,
-        "in_chans": int(config.in_chans),
-    }
-    for key in ("depths", "dims"):
-        if config[key] is not None:
-            overrides[key] = tuple(int(v) for v in config[key])
     factory = VARIANTS[config.model]
-
     # Eager construction is fast: the model's initialisers draw with NumPy (models/init.py).
     return factory(num_classes=num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                   **overrides)
+                   **config_lib.model_overrides(config))
 
 
 def _load_source(path: str) -> MedMamba:
