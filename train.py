@@ -35,14 +35,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint operation at INFO
-    from medmamba_jax.data import DataError
-    from medmamba_jax.params import CheckpointError
-    from medmamba_jax.training.errors import ConfigError, TrainingError
+    from medmamba_jax.training.errors import expected_errors
     from medmamba_jax.training.train import train_and_evaluate
 
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (DataError, ConfigError, TrainingError, CheckpointError, FileNotFoundError) as err:
+    except expected_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

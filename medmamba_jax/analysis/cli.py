@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import ml_collections
 
 from medmamba_jax.models import MedMamba
+from medmamba_jax.training.errors import expected_errors
 
 
 class ToolError(Exception):
@@ -44,26 +45,11 @@ class Loaded:
         return int(self.model.config.in_chans)
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (their message is the explanation), not a bug."""
-    from medmamba_jax.data import DataError
-    from medmamba_jax.training.errors import ConfigError, TrainingError
-
-    errors: list[type[BaseException]] = [ToolError, DataError, ConfigError, TrainingError, FileNotFoundError]
-    try:
-        from medmamba_jax.params import CheckpointError
-
-        errors.append(CheckpointError)
-    except ImportError:  # the conversion module is optional for these tools
-        pass
-    return tuple(errors)
-
-
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``main(argv)``; an expected error prints ``error: ...`` and gives exit status 1."""
     try:
         return main(argv)
-    except _expected_errors() as err:
+    except (ToolError, *expected_errors()) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
@@ -122,10 +108,8 @@ def _label_names(labels: str | None, num_classes: int) -> list[str]:
 
 def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Loaded:
     """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class."""
-    try:
-        from medmamba_jax.checkpoints import load_model
-    except ImportError as err:  # pragma: no cover - depends on the lead's module being present
-        raise ToolError(f"--checkpoint needs medmamba_jax.checkpoints ({err})") from err
+    from medmamba_jax.checkpoints import load_model
+
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)
