@@ -7,9 +7,8 @@ import pytest
 
 from medmamba_jax.ops import cross_selective_scan, selective_scan
 from medmamba_jax.ops.selective_scan import selective_scan_associative
-from numerics import DATA, rel_err
+from numerics import DATA, NAMES, as_float32, rel_err, value_and_grads
 
-NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 XLA_IMPLS = ("reference", "associative")
 
 
@@ -26,17 +25,11 @@ def random_inputs(rng, batch, groups, dim, n_state, length):
     )
 
 
-def value_and_grads(fn, inputs, dy):
-    args = [jnp.asarray(inputs[n], jnp.float32) for n in NAMES]
-    y, vjp = jax.vjp(lambda *a: fn(*a), *args)
-    return y, dict(zip(NAMES, vjp(jnp.asarray(dy, jnp.float32))))
-
-
 @pytest.mark.parametrize("impl", XLA_IMPLS)
 def test_matches_float64_golden(impl):
     golden = np.load(DATA / "selective_scan.npz")
     fn = lambda *a: selective_scan(*a, delta_softplus=True, impl=impl)
-    y, grads = value_and_grads(fn, golden, golden["dy"])
+    y, grads = value_and_grads(fn, as_float32(golden), golden["dy"])
     assert rel_err(y, golden["y"]) <= 1e-5
     for name in NAMES:
         assert rel_err(grads[name], golden[f"grad_{name}"]) <= 1e-5, name
@@ -49,8 +42,8 @@ def test_associative_matches_reference(length, chunk, n_state):
     dy = rng.standard_normal((2, 15, length))
     ref = lambda *a: selective_scan(*a, delta_softplus=True, impl="reference")
     assoc = lambda *a: selective_scan_associative(*a, delta_softplus=True, chunk_size=chunk)
-    y_ref, g_ref = value_and_grads(ref, inputs, dy)
-    y, g = value_and_grads(assoc, inputs, dy)
+    y_ref, g_ref = value_and_grads(ref, as_float32(inputs), dy)
+    y, g = value_and_grads(assoc, as_float32(inputs), dy)
     assert rel_err(y, y_ref) <= 1e-5
     for name in NAMES:
         assert rel_err(g[name], g_ref[name]) <= 1e-5, name
