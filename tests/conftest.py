@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -30,6 +31,18 @@ jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 SPLIT_SIZES = {"train": 48, "val": 24, "test": 24}
+
+
+def train_cmd(workdir, *overrides: str) -> list[str]:
+    """train.py on configs/smoke.py writing to ``workdir``, with ``--config.KEY=VALUE`` overrides."""
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/smoke.py"),
+            f"--workdir={workdir}", *overrides]
+
+
+def run_train(workdir, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``train_cmd`` from the repository root to the end; stdout and stderr are captured."""
+    return subprocess.run(train_cmd(workdir, *overrides), capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
 
 
 def write_fake_medmnist(root: str, flag: str, size: int = 28, split_sizes=None, seed: int = 0) -> str:

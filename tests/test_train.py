@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -18,29 +17,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT
+from conftest import ROOT, run_train, train_cmd
 from medmamba_jax.training.checkpointing import load_trained
 
 RUN_ARGS = ("--config.num_epochs=2", "--config.checkpoint_every_steps=2")
 
 
-def train_cmd(workdir, data_dir, *overrides):
-    return [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/smoke.py"),
-            f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides]
-
-
-def run_train(workdir, data_dir, *overrides, env=None, check=True):
-    result = subprocess.run(train_cmd(workdir, data_dir, *overrides), capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
+def run_ok(workdir, data_dir, *overrides, env=None):
+    result = run_train(workdir, f"--config.data_dir={data_dir}", *overrides, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, fake_medmnist_dir):
     workdir = str(tmp_path_factory.mktemp("reference"))
-    result = run_train(workdir, fake_medmnist_dir, *RUN_ARGS)
+    result = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     return workdir, result
 
 
@@ -72,7 +64,7 @@ def test_smoke_run_of_train_py(reference_run):
 
 def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_dir, tmp_path):
     workdir = str(tmp_path / "killed")
-    proc = subprocess.Popen(train_cmd(workdir, fake_medmnist_dir, *RUN_ARGS), cwd=ROOT,
+    proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={fake_medmnist_dir}", *RUN_ARGS), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = os.path.join(workdir, "checkpoints", "latest")
     deadline = time.time() + 300
@@ -84,7 +76,7 @@ def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "results.json"))
-    resumed = run_train(workdir, fake_medmnist_dir, *RUN_ARGS)
+    resumed = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     assert "resuming from step" in resumed.stdout
     reference, _ = reference_run
     assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
@@ -96,7 +88,7 @@ def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_
 def test_eight_devices_give_the_losses_of_one(reference_run, fake_medmnist_dir, tmp_path):
     workdir = str(tmp_path / "eight")
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    run_train(workdir, fake_medmnist_dir, "--config.num_epochs=1", env={"XLA_FLAGS": flags})
+    run_ok(workdir, fake_medmnist_dir, "--config.num_epochs=1", env={"XLA_FLAGS": flags})
     eight, one = _losses(workdir), _losses(reference_run[0])
     assert sorted(eight) == list(range(1, 7))
     np.testing.assert_allclose([eight[s] for s in sorted(eight)], [one[s] for s in sorted(eight)], rtol=1e-4)

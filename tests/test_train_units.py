@@ -1,15 +1,11 @@
 """Fast pieces of training: the schedule's boundaries, gradient accumulation, config checks, CLI errors."""
 
-import os
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT
+from conftest import run_train
 from medmamba_jax.training import model_init, optim
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError
@@ -87,16 +83,9 @@ def test_unknown_config_key():
         validate(config)
 
 
-def _cli(tmp_path, *args):
-    workdir = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/smoke.py"),
-           f"--workdir={workdir}", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    return result, workdir
-
-
 def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
-    result, workdir = _cli(tmp_path, f"--config.data_dir={tmp_path / 'empty'}")
+    workdir = tmp_path / "run"
+    result = run_train(workdir, f"--config.data_dir={tmp_path / 'empty'}")
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "pathmnist.npz" in error[0] and "python -m medmnist download" in error[0]
@@ -104,6 +93,7 @@ def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_cli_unknown_config_override_fails(tmp_path):
-    result, workdir = _cli(tmp_path, "--config.learning_rat=0.1")
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.learning_rat=0.1")
     assert result.returncode == 1 and not workdir.exists() and "Traceback" not in result.stderr
     assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr
