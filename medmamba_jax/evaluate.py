@@ -32,13 +32,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def one_hot_truth(labels: np.ndarray, num_classes: int, multi_label: bool) -> np.ndarray:
-    """(N, K) boolean truth: the labels themselves for multi-label, one-hot otherwise."""
-    if multi_label:
-        return np.asarray(labels).astype(bool)
-    return np.eye(num_classes, dtype=bool)[np.asarray(labels).reshape(-1)]
-
-
 def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray, title: str) -> str:
     """A fixed-width table: one row per class and a macro-average row."""
     width = max(12, min(32, max(len(n) for n in names)))
@@ -55,16 +48,16 @@ def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray,
     return "\n".join(lines)
 
 
-def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, scores: np.ndarray,
+def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndarray, scores: np.ndarray,
                 metrics: dict[str, Any], split: str) -> list[str]:
+    """The confusion and ROC figures, from metrics_and_outcomes' truth (N, K) and counts (K, 4)."""
     from medmamba_jax.analysis import plots
 
     names = loaded.label_names
-    truth = one_hot_truth(labels, len(names), loaded.multi_label)
     dataset = loaded.config.dataset
     confusion_path, roc_path = os.path.join(out, "confusion_matrix.png"), os.path.join(out, "roc.png")
     if loaded.multi_label:
-        plots.multilabel_confusion(truth, scores > 0.5, names, f"{dataset} {split}: per-label outcomes", confusion_path)
+        plots.multilabel_confusion(counts, names, f"{dataset} {split}: per-label outcomes", confusion_path)
     else:
         plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]), names,
                                f"{dataset} {split}: confusion matrix (accuracy {metrics['accuracy']:.3f})",
@@ -77,7 +70,7 @@ def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, scores: np.nda
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from medmamba_jax.data import eval_transform
-    from medmamba_jax.evaluation import compute_metrics, predict_scores
+    from medmamba_jax.evaluation import metrics_and_outcomes, predict_scores
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split before loading anything
@@ -86,13 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = predict_scores(loaded.model, images, args.batch_size, multi_label=loaded.multi_label,
                             transform=eval_transform(loaded.config))
-    metrics = compute_metrics(labels, scores, loaded.task)
+    metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
     out = cli.output_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
-    support = one_hot_truth(labels, len(loaded.label_names), loaded.multi_label).sum(axis=0)
+    support = truth.sum(axis=0)
     record = {**metrics, "split": args.split, "checkpoint": args.which, "num_images": int(len(images)),
               "label_names": loaded.label_names, "support": support.tolist()}
     write_json(os.path.join(out, "metrics.json"), record)
-    written = write_plots(out, loaded, labels, scores, metrics, args.split)
+    written = write_plots(out, loaded, truth, counts, scores, metrics, args.split)
     print(format_table(metrics, loaded.label_names, support,
                        f"{loaded.config.dataset} {args.split} ({len(images)} images, {args.which} checkpoint)"))
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medmamba_jax.evaluation import compute_metrics
+from medmamba_jax.evaluation import compute_metrics, metrics_and_outcomes
 
 
 def _softmax(x):
@@ -73,6 +73,22 @@ def test_multilabel_per_label_metrics_equal_sklearn():
     assert got["precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro", zero_division=0))
     assert got["sensitivity"] == pytest.approx(skm.recall_score(labels, pred, average="macro"))
     assert got["auc"] == pytest.approx(skm.roc_auc_score(labels, scores, average="macro"))
+
+
+@pytest.mark.parametrize("task", ["multi-class", "multi-label, binary-class"])
+def test_outcome_counts_equal_sklearn(task):
+    rng = np.random.default_rng(5)
+    if task == "multi-class":
+        labels, scores = rng.integers(0, 5, 120), _softmax(rng.normal(size=(120, 5)))
+        truth, pred = np.eye(5, dtype=bool)[labels], np.eye(5, dtype=bool)[scores.argmax(axis=1)]
+    else:
+        labels, scores = (rng.random((120, 4)) < 0.4).astype(int), rng.random((120, 4))
+        truth, pred = labels.astype(bool), scores > 0.5
+    metrics, got_truth, counts = metrics_and_outcomes(labels, scores, task)
+    (tn, fp), (fn, tp) = np.moveaxis(skm.multilabel_confusion_matrix(truth, pred), 0, -1)
+    np.testing.assert_array_equal(counts, np.stack([tp, fn, fp, tn], axis=1))  # metrics.OUTCOMES order
+    np.testing.assert_array_equal(got_truth, truth)
+    assert metrics == compute_metrics(labels, scores, task)
 
 
 def test_absent_class_gets_nan_auc_and_is_left_out():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools_fixtures import sample_images  # noqa: F401 - fixture
+from tools_fixtures import assert_png_not_blank, sample_images  # noqa: F401 - fixture
 
+from medmamba_jax import evaluate
 from medmamba_jax.analysis import images, perturb
 
 
@@ -78,3 +79,16 @@ def test_medmnistc_absent_or_present(monkeypatch):
     batch = np.full((2, 4, 4, 1), 100, np.uint8)
     assert set(found) == {"invert"} and found["invert"](batch, 1).ravel().tolist() == [155] * 32
     assert "no corruptions" in perturb.medmnistc_corruptions("octmnist")
+
+
+def test_evaluate_plots_of_a_multilabel_task(tmp_path):
+    # The tools' end-to-end tests train a multi-class workdir; this is the multi-label branch.
+    from medmamba_jax.evaluation import metrics_and_outcomes
+
+    rng = np.random.default_rng(0)
+    labels, scores = (rng.random((40, 3)) < 0.4).astype(int), rng.random((40, 3))
+    metrics, truth, counts = metrics_and_outcomes(labels, scores, "multi-label, binary-class")
+    loaded = types.SimpleNamespace(label_names=["a", "b", "c"], multi_label=True,
+                                   config=types.SimpleNamespace(dataset="chestmnist"))
+    for path in evaluate.write_plots(str(tmp_path), loaded, truth, counts, scores, metrics, "test"):
+        assert_png_not_blank(path)

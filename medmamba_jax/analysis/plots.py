@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from medmamba_jax.evaluation.metrics import OUTCOMES  # noqa: E402
+
 DPI = 150
 
 
@@ -50,16 +52,14 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], title: str, path: str
     return _save(fig, path)
 
 
-def multilabel_confusion(truth: np.ndarray, pred: np.ndarray, names: list[str], title: str, path: str) -> str:
-    """Per-label TP / FN / FP / TN counts (multi-label tasks have no K x K matrix)."""
-    truth, pred = truth.astype(bool), pred.astype(bool)
-    counts = np.stack([(truth & pred).sum(0), (truth & ~pred).sum(0), (~truth & pred).sum(0),
-                       (~truth & ~pred).sum(0)], axis=1)
+def multilabel_confusion(counts: np.ndarray, names: list[str], title: str, path: str) -> str:
+    """Per-label counts (K, 4) of metrics.OUTCOMES, TP / FN / FP / TN (multi-label tasks have no K x K matrix)."""
+    counts = np.asarray(counts)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, max(3.5, 0.45 * len(names) + 1.5)))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     fig.colorbar(image, ax=ax, label="fraction of images")
-    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    ax.set_xticks(range(4), list(OUTCOMES))
     ax.set_yticks(range(len(names)), [_short(n) for n in names])
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")

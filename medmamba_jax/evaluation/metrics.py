@@ -10,6 +10,8 @@
 plus ``per_class_precision``, ``per_class_sensitivity``, ``per_class_specificity``,
 ``per_class_f1``, ``per_class_auc`` (lists, one entry per class or label) and, for
 single-label tasks, ``confusion_matrix`` (rows true, columns predicted).
+``metrics_and_outcomes`` also returns the one-vs-rest truth and the per-class
+TP / FN / FP / TN counts they were computed from, for tables and plots.
 
 Predictions follow medmnist.Evaluator, so ``accuracy`` and ``auc`` equal its ACC and AUC:
 argmax for multi-class and ordinal-regression, ``score[:, -1] > 0.5`` for binary-class,
@@ -43,12 +45,18 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(truth, score))
 
 
-def _one_vs_rest(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-column precision, sensitivity, specificity and F1 of boolean (N, K) arrays."""
-    tp = np.sum(truth & pred, axis=0).astype(np.float64)
-    fp = np.sum(~truth & pred, axis=0).astype(np.float64)
-    fn = np.sum(truth & ~pred, axis=0).astype(np.float64)
-    tn = np.sum(~truth & ~pred, axis=0).astype(np.float64)
+OUTCOMES = ("TP", "FN", "FP", "TN")
+
+
+def _outcome_counts(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(K, 4) int counts of each of OUTCOMES per column of boolean (N, K) truth and prediction."""
+    return np.stack([np.sum(truth & pred, axis=0), np.sum(truth & ~pred, axis=0),
+                     np.sum(~truth & pred, axis=0), np.sum(~truth & ~pred, axis=0)], axis=1)
+
+
+def _one_vs_rest(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision, sensitivity, specificity and F1 of (K, 4) outcome counts."""
+    tp, fn, fp, tn = counts.T.astype(np.float64)
     precision, sensitivity = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
     return {
         "precision": precision,
@@ -79,6 +87,14 @@ def _single_label(labels: np.ndarray, scores: np.ndarray, task: str) -> tuple[np
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[str, Any]:
     """Metrics of probabilities ``scores`` (N, K) against ``labels`` (N,) / (N, 1), or (N, K) multi-label."""
+    return metrics_and_outcomes(labels, scores, task)[0]
+
+
+def metrics_and_outcomes(
+    labels: np.ndarray, scores: np.ndarray, task: str
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """``compute_metrics``, with what it counted for tables and plots: the (N, K) boolean
+    one-vs-rest truth and the (K, 4) per-class counts of OUTCOMES."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
@@ -91,7 +107,8 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[s
     else:
         truth, pred, extras = _single_label(labels, scores, task)
         aucs = extras.pop("aucs")
-    per_class = _one_vs_rest(truth, pred)
+    counts = _outcome_counts(truth, pred)
+    per_class = _one_vs_rest(counts)
     result: dict[str, Any] = {
         "accuracy": extras.pop("accuracy"),
         "auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
@@ -100,7 +117,7 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[s
     result.update({f"per_class_{name}": values.tolist() for name, values in per_class.items()})
     result["per_class_auc"] = aucs.tolist()
     result.update(extras)
-    return result
+    return result, truth, counts
 
 
 SUMMARY_KEYS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")
