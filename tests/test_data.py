@@ -81,6 +81,10 @@ def test_train_stream_is_a_function_of_seed_and_step():
     assert stream.steps_per_epoch == 4  # 5 micro-batches cut to whole updates of 2
     again = data.TrainStream(images, labels, 4, seed=3, steps_multiple=2)
     np.testing.assert_array_equal(stream(6)[1], again(6)[1])
+    for step in range(8):  # images and labels in the order of the batch's indices
+        batch_images, batch_labels = stream(step)
+        np.testing.assert_array_equal(batch_images, images[stream.indices(step)])
+        np.testing.assert_array_equal(batch_labels, labels[stream.indices(step)])
     epoch0 = np.concatenate([stream.indices(s) for s in range(4)])
     assert len(set(epoch0)) == 16 and not np.array_equal(stream.indices(0), stream.indices(4))
     halves = [data.TrainStream(images, labels, 4, seed=3, steps_multiple=2, process_index=i, process_count=2)(5)[1] for i in (0, 1)]

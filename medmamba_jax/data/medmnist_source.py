@@ -96,7 +96,7 @@ def _missing_message(path: str, flag: str, size: int) -> str:
 
 
 def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W, C) uint8 (memory-mapped) and labels (N, L) int64 of one split."""
+    """Images (N, H, W, C) uint8 and labels (N, L) int64 of one split, read into memory."""
     path = npz_path(data_dir, flag, size)
     if fetch:
         download(flag, size, data_dir)
@@ -104,9 +104,8 @@ def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[
         raise DataError(_missing_message(path, flag, size))
     entry = info(flag)
     try:
-        dataset = getattr(_medmnist(), entry["python_class"])(
-            split=split, root=os.path.dirname(path), size=size, mmap_mode="r"
-        )
+        # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
+        dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
         images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
     except (OSError, KeyError, ValueError) as err:
         raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err})") from err

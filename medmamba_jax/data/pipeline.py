@@ -26,7 +26,7 @@ class TrainStream:
     """Host-side micro-batches of uint8 images and labels for this process.
 
     Args:
-      images: (N, H, W, C) uint8, possibly memory-mapped.
+      images: (N, H, W, C) uint8, in memory (every data source loads its split whole).
       labels: (N,) or (N, L) int.
       micro_batch: global images per micro-step, over all processes.
       steps_multiple: epochs are cut to a multiple of this many micro-steps (grad_accum_steps).
@@ -57,12 +57,8 @@ class TrainStream:
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """This process's (images uint8 (b, H, W, C), labels) of micro-step ``step``."""
         positions = np.arange(self.micro_batch)[self._share]
-        # Sorted reads are much faster on memory-mapped files; restore the order after.
         idx = self.indices(step)[self._share]
-        order = np.argsort(idx)
-        inverse = np.argsort(order)
-        images = np.asarray(self.images[idx[order]])[inverse]
-        labels = np.asarray(self.labels[idx[order]])[inverse]
+        images, labels = self.images[idx], self.labels[idx]
         if self.autoaugment:
             images = autoaugment_batch(images, self.seed, step, positions)
         return images, labels
