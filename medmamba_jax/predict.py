@@ -53,31 +53,34 @@ def prediction_record(path: str, probs: np.ndarray, loaded: cli.Loaded, top_k: i
 
 
 def classify(images: list[np.ndarray], loaded: cli.Loaded, batch_size: int) -> np.ndarray:
-    """Probabilities (N, K) of stored-form images, through the training eval transform."""
+    """Probabilities (N, K) of stored-form images, through the training eval transform, in
+    batches padded to ``batch_size`` (one compilation for any N)."""
     from medmamba_jax.data.transforms import EvalTransform
     from medmamba_jax.evaluation import predict_scores
 
     transform = EvalTransform(loaded.image_size, loaded.in_chans)
-    return predict_scores(loaded.model, np.stack(images), min(batch_size, len(images)),
+    return predict_scores(loaded.model, np.stack(images), batch_size,
                           multi_label=loaded.multi_label, transform=transform)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     loaded = cli.load(args)
-    read = list(read_images(args.images, loaded))
-    good = [image for _, image in read if not isinstance(image, str)]
-    # All readable images go through predict_scores at once: it pads the last batch, so
-    # one compiled program serves any number of files (chunking here as well gave a short
-    # last chunk its own compilation).
-    probs = iter(classify(good, loaded, args.batch_size)) if good else iter(())
+    # Files are read and printed a chunk at a time (memory stays bounded, output streams);
+    # every chunk is padded to one batch size, so a short or partly unreadable chunk reuses
+    # the first chunk's compilation.
+    batch_size = min(args.batch_size, len(args.images))
     failed = 0
-    for path, image in read:  # input order, errors in place
-        if isinstance(image, str):
-            failed += 1
-            print(f"error: {image}", file=sys.stderr, flush=True)
-        else:
-            print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
+    for start in range(0, len(args.images), batch_size):
+        chunk = list(read_images(args.images[start : start + batch_size], loaded))
+        good = [image for _, image in chunk if not isinstance(image, str)]
+        probs = iter(classify(good, loaded, batch_size)) if good else iter(())
+        for path, image in chunk:  # input order, errors in place
+            if isinstance(image, str):
+                failed += 1
+                print(f"error: {image}", file=sys.stderr, flush=True)
+            else:
+                print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
     if failed:
         print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
         return 1
