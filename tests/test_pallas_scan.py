@@ -23,7 +23,7 @@ from medmamba_jax.ops import pallas_scan
 from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 from medmamba_jax.ops.selective_scan import selective_scan_reference
 from medmamba_jax.ops.triton_lowering import lower_to_triton
-from numerics import DATA, NAMES, rel_err, value_and_grads
+from numerics import DATA, NAMES, as_float32, rel_err, value_and_grads
 
 # Small unrolled segments keep interpret-mode compile times short; the defaults are tested too.
 SMALL = ScanConfig(tile=8, seg=2, ckpt_segs=2)
@@ -68,7 +68,7 @@ class PallasScanTest(unittest.TestCase):
 
     def test_golden_forward_and_grads(self):
         z = np.load(DATA / "selective_scan.npz")  # the small golden case, copied from ../shared/parity
-        args = [jnp.asarray(z[n], jnp.float32) for n in NAMES]
+        args = as_float32(z)
         fn = lambda *a: selective_scan(*a, delta_softplus=True, impl="pallas")  # noqa: E731
         y, grads = value_and_grads(fn, args, jnp.asarray(z["dy"], jnp.float32))
         self.assert_close(y, z["y"], 1e-5, "y")
