@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from conftest import run_train
-from medmamba_jax.training import model_init, optim
+from medmamba_jax.training import model_init, optim, train
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError
 
@@ -65,6 +65,13 @@ def test_model_settings_that_validate_build_that_model():
     model = model_init.build(config, num_classes=2)
     assert (model.config.depths, model.config.dims, model.config.dtype, model.config.in_chans) == (
         (1, 1), (8, 16), "bfloat16", 1)
+
+
+def test_colour_dataset_into_a_one_channel_model_fails_before_the_data_loads(tmp_path):
+    config = default_config()
+    config.dataset, config.in_chans, config.data_dir = "pathmnist", 1, str(tmp_path / "no-data-here")
+    with pytest.raises(ConfigError, match="pathmnist has 3-channel images; in_chans=1 cannot take them"):
+        train.prepare(config)
 
 
 def test_unknown_config_key():

@@ -60,8 +60,11 @@ class Run:
 def prepare(config) -> Run:
     """Validates the config, loads the data and builds (and maybe initialises) the model."""
     config_lib.validate(config)
-    splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
     info = data_lib.dataset_info(config)
+    if info["n_channels"] not in (1, int(config.in_chans)):  # grayscale repeats to any in_chans
+        raise ConfigError(f"{config.dataset} has {info['n_channels']}-channel images; "
+                          f"in_chans={config.in_chans} cannot take them")
+    splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
     mesh = sharding.make_mesh()
     k = int(config.grad_accum_steps)
     micro = int(config.batch_size) // k
