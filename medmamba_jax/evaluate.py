@@ -22,13 +22,12 @@ PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.evaluate", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for("medmamba_jax.evaluate", __doc__)
     cli.add_model_args(parser, checkpoint_ok=False)
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (default: all)")
+    cli.add_batch_size(parser, 64)
+    parser.add_argument("--limit", type=cli.int_at_least(0), default=0, help="evaluate only the first N images (default: all)")
     return parser.parse_args(argv)
 
 

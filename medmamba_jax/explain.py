@@ -25,8 +25,7 @@ from medmamba_jax.analysis import cli
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.explain", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for("medmamba_jax.explain", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cam = commands.add_parser("gradcam", help="Grad-CAM overlay PNG per image file")
     cli.add_model_args(cam, checkpoint_ok=True)
@@ -37,9 +36,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cli.add_model_args(tsne, checkpoint_ok=False)
     tsne.add_argument("--split", default="test", help="train, val or test (default: test)")
     tsne.add_argument("--out", required=True, help="output directory for tsne.png and tsne.json")
-    tsne.add_argument("--limit", type=int, default=2000, help="embed at most N images (default: 2000)")
+    tsne.add_argument("--limit", type=cli.int_at_least(0), default=2000, help="embed at most N images (default: 2000)")
     tsne.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
-    tsne.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    cli.add_batch_size(tsne, 64)
     tsne.add_argument("--seed", type=int, default=0, help="t-SNE random state (default: 0)")
     return parser.parse_args(argv)
 

@@ -53,8 +53,7 @@ Why the numbers differ:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from medmamba_jax.models import VARIANTS
 
-    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.flops", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for("medmamba_jax.flops", __doc__)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", choices=sorted(VARIANTS), default="medmamba_t", help="variant (default: medmamba_t)")
     which.add_argument("--all", action="store_true", help="all three variants")

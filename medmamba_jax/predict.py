@@ -22,12 +22,11 @@ from medmamba_jax.analysis import cli
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.predict", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for("medmamba_jax.predict", __doc__)
     cli.add_model_args(parser, checkpoint_ok=True)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
-    parser.add_argument("--top-k", type=int, default=3, help="classes to print per image (default: 3)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--top-k", type=cli.int_at_least(1), default=3, help="classes to print per image (default: 3)")
+    cli.add_batch_size(parser, 32)
     return parser.parse_args(argv)
 
 

@@ -24,13 +24,12 @@ from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medmamba_jax.robustness", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for("medmamba_jax.robustness", __doc__)
     cli.add_model_args(parser, checkpoint_ok=False)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--limit", type=cli.int_at_least(0), default=0, help="use only the first N images (default: all)")
+    cli.add_batch_size(parser, 64)
     parser.add_argument("--no-medmnistc", action="store_true", help="skip the MedMNIST-C corruptions")
     return parser.parse_args(argv)
 

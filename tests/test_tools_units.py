@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -92,3 +93,16 @@ def test_evaluate_plots_of_a_multilabel_task(tmp_path):
                                    config=types.SimpleNamespace(dataset="chestmnist"))
     for path in evaluate.write_plots(str(tmp_path), loaded, truth, counts, scores, metrics, "test"):
         assert_png_not_blank(path)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("predict", ["--workdir", "w", "--batch-size", "0", "a.png"], "--batch-size: must be at least 1, got 0"),
+    ("predict", ["--workdir", "w", "--top-k", "two", "a.png"], "--top-k: 'two' is not an integer"),
+    ("evaluate", ["--workdir", "w", "--limit", "-1"], "--limit: must be at least 0, got -1"),
+    ("robustness", ["--workdir", "w", "--out", "o", "--batch-size", "-2"], "--batch-size: must be at least 1"),
+    ("explain", ["tsne", "--workdir", "w", "--out", "o", "--batch-size", "0"], "--batch-size: must be at least 1"),
+])
+def test_bad_counts_are_usage_errors(module, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"medmamba_jax.{module}").parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -55,6 +55,35 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 1
 
 
+def parser_for(module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m MODULE``: the docstring's first paragraph as its description,
+    the rest (usage examples) as its epilog."""
+    first, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=first, epilog=rest,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def int_at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``lowest``, or a usage error naming the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lowest}"
+    return parse
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--batch-size", type=int_at_least(1), default=default,
+                        help=f"images per forward pass (default: {default})")
+
+
 def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None:
     """``--workdir`` (and, where a dataset is not needed, ``--checkpoint``) options."""
     source = parser.add_mutually_exclusive_group(required=True)
@@ -64,7 +93,7 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
     if checkpoint_ok:
         source.add_argument("--checkpoint", help="converted upstream checkpoint directory "
                             "(python -m medmamba_jax.convert); needs --image-size and --labels")
-        parser.add_argument("--image-size", type=int, default=224, help="model input size for --checkpoint")
+        parser.add_argument("--image-size", type=int_at_least(8), default=224, help="model input size for --checkpoint")
         parser.add_argument("--labels", help="class names for --checkpoint: comma-separated, "
                             "or a text file with one name per line (default: class_0, class_1, ...)")
 
