@@ -68,16 +68,14 @@ def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndar
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from medmamba_jax.data import eval_transform
-    from medmamba_jax.evaluation import metrics_and_outcomes, predict_scores
+    from medmamba_jax.evaluation import metrics_and_outcomes
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split before loading anything
     loaded = cli.from_workdir(args.workdir, args.which)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
-    scores = predict_scores(loaded.model, images, args.batch_size, multi_label=loaded.multi_label,
-                            transform=eval_transform(loaded.config))
+    scores = loaded.scores(images, args.batch_size)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
     out = cli.output_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
     support = truth.sum(axis=0)

@@ -58,9 +58,8 @@ def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int |
     """Grad-CAM of one stored-form image (S, S, C) uint8; saves the figure and returns a summary record."""
     from medmamba_jax.analysis import plots
     from medmamba_jax.analysis.gradcam import gradcam
-    from medmamba_jax.data.transforms import EvalTransform
 
-    x = EvalTransform(loaded.image_size, loaded.in_chans)(image[None])
+    x = loaded.transform(image[None])
     # One forward pass gives both the map and the logits; -1 asks for the predicted class.
     cam, logits = gradcam(loaded.model, x, np.array([-1 if target is None else target]))
     logits = logits[0]
@@ -113,11 +112,10 @@ def _pooled(model: nnx.Module, x: jax.Array) -> jax.Array:
 
 def pooled_features(loaded: cli.Loaded, images: np.ndarray, batch_size: int) -> np.ndarray:
     """(N, dims[-1]) pooled last-stage features of uint8 images, in fixed-size batches (one compile)."""
-    from medmamba_jax.data import eval_transform
     from medmamba_jax.evaluation.predict import batched_apply
 
     return batched_apply(_pooled, loaded.model, images, min(batch_size, len(images)),
-                         transform=eval_transform(loaded.config))
+                         transform=loaded.transform)
 
 
 def colour_classes(labels: np.ndarray, names: list[str], multi_label: bool) -> tuple[np.ndarray, list[str]]:

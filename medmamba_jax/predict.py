@@ -51,17 +51,6 @@ def prediction_record(path: str, probs: np.ndarray, loaded: cli.Loaded, top_k: i
     return record
 
 
-def classify(images: list[np.ndarray], loaded: cli.Loaded, batch_size: int) -> np.ndarray:
-    """Probabilities (N, K) of stored-form images, through the training eval transform, in
-    batches padded to ``batch_size`` (one compilation for any N)."""
-    from medmamba_jax.data.transforms import EvalTransform
-    from medmamba_jax.evaluation import predict_scores
-
-    transform = EvalTransform(loaded.image_size, loaded.in_chans)
-    return predict_scores(loaded.model, np.stack(images), batch_size,
-                          multi_label=loaded.multi_label, transform=transform)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     loaded = cli.load(args)
@@ -73,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for start in range(0, len(args.images), batch_size):
         chunk = list(read_images(args.images[start : start + batch_size], loaded))
         good = [image for _, image in chunk if not isinstance(image, str)]
-        probs = iter(classify(good, loaded, batch_size)) if good else iter(())
+        probs = iter(loaded.scores(np.stack(good), batch_size)) if good else iter(())
         for path, image in chunk:  # input order, errors in place
             if isinstance(image, str):
                 failed += 1

@@ -41,11 +41,9 @@ class Scorer:
         self.loaded, self.labels, self.batch_size = loaded, labels, batch_size
 
     def __call__(self, images: np.ndarray) -> dict[str, float]:
-        from medmamba_jax.data import eval_transform
-        from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
+        from medmamba_jax.evaluation import compute_metrics, summary
 
-        scores = predict_scores(self.loaded.model, images, self.batch_size, multi_label=self.loaded.multi_label,
-                                transform=eval_transform(self.loaded.config))
+        scores = self.loaded.scores(images, self.batch_size)
         return summary(compute_metrics(self.labels, scores, self.loaded.task))
 
 

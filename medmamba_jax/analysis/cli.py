@@ -15,6 +15,7 @@ import sys
 from typing import Callable, Sequence
 
 import ml_collections
+import numpy as np
 
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import expected_errors
@@ -43,6 +44,20 @@ class Loaded:
     @property
     def in_chans(self) -> int:
         return int(self.model.config.in_chans)
+
+    @property
+    def transform(self):
+        """Stored uint8 images (b, H, W, C) -> model input, exactly as training evaluated them."""
+        from medmamba_jax.data.transforms import EvalTransform
+
+        return EvalTransform(self.image_size, self.in_chans)
+
+    def scores(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Probabilities (N, K) of stored uint8 images (N, H, W, C), in batches padded to
+        ``batch_size`` (one compilation for any N)."""
+        from medmamba_jax.evaluation import predict_scores
+
+        return predict_scores(self.model, images, batch_size, multi_label=self.multi_label, transform=self.transform)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
