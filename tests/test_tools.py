@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tools_fixtures import assert_png_not_blank, sample_images, tools_workdir  # noqa: F401 - fixtures
+from conftest import assert_png_not_blank
 
 from medmamba_jax import evaluate, explain, flops, predict, robustness
 from medmamba_jax.analysis import cli

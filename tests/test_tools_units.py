@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools_fixtures import assert_png_not_blank, sample_images  # noqa: F401 - fixture
+from conftest import assert_png_not_blank
 
 from medmamba_jax import evaluate
 from medmamba_jax.analysis import images, perturb
