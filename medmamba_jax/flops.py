@@ -77,15 +77,14 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     overrides = {k: tuple(v) for k, v in (("depths", args.depths), ("dims", args.dims)) if v}
     model = flop_count.abstract_model(lambda rngs: VARIANTS[name](
         args.num_classes, rngs=rngs, scan_impl=args.scan_impl, **overrides))
-    flops = flop_count.forward_flops(model, args.image_size)
-    macs = flop_count.conv_matmul_macs(model, args.image_size)
+    costs = flop_count.forward_costs(model, args.image_size)
     paper = PAPER[name] if not overrides and args.num_classes == 1000 and args.image_size == 224 else None
     return {
         "model": name + (" (custom)" if overrides else ""), "image_size": args.image_size,
         "num_classes": args.num_classes, "params": count_params(model),
-        "xla_gflops": flops["xla_flops"] / 1e9, "xla_gflops_loop_bodies_once": flops["xla_flops_raw"] / 1e9,
-        "conv_gmacs": macs["conv"] / 1e9, "matmul_gmacs": macs["matmul"] / 1e9,
-        "conv_matmul_gmacs": (macs["conv"] + macs["matmul"]) / 1e9,
+        "xla_gflops": costs["xla_flops"] / 1e9, "xla_gflops_loop_bodies_once": costs["xla_flops_raw"] / 1e9,
+        "conv_gmacs": costs["conv"] / 1e9, "matmul_gmacs": costs["matmul"] / 1e9,
+        "conv_matmul_gmacs": (costs["conv"] + costs["matmul"]) / 1e9,
         "paper_params_m": paper and paper["params_m"], "paper_gflops": paper and paper["gflops"],
     }
 

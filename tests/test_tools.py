@@ -157,7 +157,7 @@ def test_unknown_split_on_trained_workdir(tools_workdir, tmp_path, capsys):
     assert "unknown split 'validation'" in capsys.readouterr().err
 
 
-def test_flops_counts_every_scan_iteration():
+def test_flops_counts_every_scan_iteration(monkeypatch):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -172,6 +172,12 @@ def test_flops_counts_every_scan_iteration():
     many = flop_count.counted_flops(lambda a: looped(a, 12), x)
     assert many["xla_flops_raw"] == pytest.approx(one, rel=0.01)  # XLA alone: the body once
     assert many["xla_flops"] == pytest.approx(12 * one, rel=0.01)
+    compiled = []
+    count_compiles = flop_count._xla_flops
+    monkeypatch.setattr(flop_count, "_xla_flops", lambda traced: compiled.append(traced) or count_compiles(traced))
+    twice = flop_count.counted_flops(lambda a: looped(looped(a, 12), 12), x)
+    assert twice["xla_flops"] == pytest.approx(24 * one, rel=0.01)
+    assert len(compiled) == 2  # the program, and the scan body both scans run, once
     linear = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(linear)
     macs = flop_count.macs(lambda s, a: nnx.merge(graphdef, s)(a), state, np.zeros((2, 8), np.float32))

@@ -3,11 +3,12 @@
 XLA's cost analysis (``compiled.cost_analysis()["flops"]``) counts every operation of the
 optimised program, a multiply-add as 2 FLOPs, but it counts the body of a while loop
 once whatever its trip count. The selective scan is a ``lax.scan`` (over chunks, or over
-every position), so the raw number leaves most of the scan out. ``forward_flops`` adds
+every position), so the raw number leaves most of the scan out. ``counted_flops`` adds
 the missing ``(length - 1)`` runs of each scan body, costed by XLA on its own.
 
-``conv_matmul_macs`` counts the multiply-accumulates of convolutions and matrix products
-from the jaxpr: the quantity fvcore and most papers report as "FLOPs".
+``macs`` counts the multiply-accumulates of convolutions and matrix products from the
+jaxpr: the quantity fvcore and most papers report as "FLOPs". ``forward_costs`` gives both
+for a model's forward pass.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _input(model: MedMamba, image_size: int, batch: int) -> jax.ShapeDtypeStruct
     return jax.ShapeDtypeStruct((batch, image_size, image_size, model.config.in_chans), jnp.float32)
 
 
-def _xla_flops(fn: Callable, *args) -> float:
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+def _xla_flops(traced: jax.stages.Traced) -> float:
+    analysis = traced.lower().compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device program
         analysis = analysis[0]
     return float(analysis.get("flops", 0.0))
@@ -59,33 +60,50 @@ def _sub_jaxprs(eqn) -> Iterator[jcore.Jaxpr]:
                 yield item
 
 
-def _body_flops(body: jcore.ClosedJaxpr) -> float:
-    """XLA's FLOPs of one run of a scan body, with its own inner scans fully counted."""
-    args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
-    return _xla_flops(jcore.jaxpr_as_fun(body), *args) + _loop_correction(body.jaxpr)
+class _LoopCorrection:
+    """FLOPs that XLA's once-per-loop counting misses: (length - 1) x body for every scan.
+
+    Each distinct scan body is compiled and costed once: the blocks of a stage run the same
+    body, so MedMamba-T's 10 scans need 4 compilations.
+    """
+
+    def __init__(self):
+        self._body_flops: dict[str, float] = {}  # printed body jaxpr -> FLOPs of one run
+
+    def __call__(self, jaxpr: jcore.Jaxpr) -> float:
+        extra = 0.0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                extra += (eqn.params["length"] - 1) * self.body_flops(eqn.params["jaxpr"])
+            else:
+                extra += sum(self(sub) for sub in _sub_jaxprs(eqn))
+        return extra
+
+    def body_flops(self, body: jcore.ClosedJaxpr) -> float:
+        """XLA's FLOPs of one run of a scan body, with its own inner scans fully counted."""
+        key = str(body)  # the printed program: shapes and operations, not constant values
+        if key not in self._body_flops:
+            args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+            traced = jax.jit(jcore.jaxpr_as_fun(body)).trace(*args)
+            self._body_flops[key] = _xla_flops(traced) + self(body.jaxpr)
+        return self._body_flops[key]
 
 
-def _loop_correction(jaxpr: jcore.Jaxpr) -> float:
-    """FLOPs that XLA's once-per-loop counting misses in ``jaxpr``: (length - 1) x body per scan."""
-    extra = 0.0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            extra += (eqn.params["length"] - 1) * _body_flops(eqn.params["jaxpr"])
-        else:
-            extra += sum(_loop_correction(sub) for sub in _sub_jaxprs(eqn))
-    return extra
+def _counted(traced: jax.stages.Traced) -> dict[str, float]:
+    raw = _xla_flops(traced)
+    return {"xla_flops_raw": raw, "xla_flops": raw + _LoopCorrection()(traced.jaxpr.jaxpr)}
 
 
 def counted_flops(fn: Callable, *args) -> dict[str, float]:
     """XLA FLOPs of ``fn(*args)``: raw (loop bodies once) and with every scan iteration counted."""
-    raw = _xla_flops(fn, *args)
-    return {"xla_flops_raw": raw, "xla_flops": raw + _loop_correction(jax.make_jaxpr(fn)(*args).jaxpr)}
+    return _counted(jax.jit(fn).trace(*args))
 
 
-def forward_flops(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
-    """``counted_flops`` of one forward pass of ``batch`` images."""
+def forward_costs(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
+    """``counted_flops`` and ``macs`` of one forward pass of ``batch`` images, from one trace."""
     fn, state = forward_fn(model)
-    return counted_flops(fn, state, _input(model, image_size, batch))
+    traced = jax.jit(fn).trace(state, _input(model, image_size, batch))
+    return {**_counted(traced), **_walk_macs(traced.jaxpr.jaxpr)}
 
 
 def _eqn_macs(eqn) -> float:
@@ -118,9 +136,3 @@ def _walk_macs(jaxpr: jcore.Jaxpr, times: int = 1) -> dict[str, float]:
 def macs(fn: Callable, *args) -> dict[str, float]:
     """Multiply-accumulates of the convolutions ("conv") and matrix products ("matmul") of ``fn(*args)``."""
     return _walk_macs(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def conv_matmul_macs(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
-    """``macs`` of the model's forward pass: convolutions, and linear layers and projections."""
-    fn, state = forward_fn(model)
-    return macs(fn, state, _input(model, image_size, batch))
