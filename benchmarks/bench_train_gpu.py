@@ -1,9 +1,9 @@
 """End-to-end training throughput (images/s) of MedMamba-T/S/B at 224x224.
 
-One jitted train step: forward, softmax cross-entropy, backward and an optax.adamw
-update, on random images and labels (data loading is not measured). Each
-(variant, dtype, scan_impl) reports compile time, median step time and images/s,
-as JSON lines and a final JSON file.
+train.py's jitted train step (forward, softmax cross-entropy, backward and an optax.adamw
+update; states donated) on random uint8 images and labels; data loading is not measured.
+Each (variant, dtype, scan_impl) reports compile time, median step time and images/s, as
+JSON lines and a final JSON file.
 
 Usage (on a GPU):
     PYTHONPATH=. python benchmarks/bench_train_gpu.py --variants t s b --dtypes bfloat16 float32 \
@@ -14,71 +14,53 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.common import record
+from benchmarks.common import median_seconds, record
 from medmamba_jax import models
+from medmamba_jax.data import TrainTransform
 from medmamba_jax.ops import pallas_scan
+from medmamba_jax.training import sharding, steps
 
 FACTORIES = {"t": models.medmamba_t, "s": models.medmamba_s, "b": models.medmamba_b}
 
 
-def make_train_step(model: nnx.Module, lr: float = 1e-3):
-    """Returns (step, state): step(state, x, y) -> (state, loss), a pure jitted function."""
-    optimizer = nnx.Optimizer(model, optax.adamw(lr), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-
-    @jax.jit
-    def step(state, images, labels):
-        model, optimizer = nnx.merge(graphdef, state)
-
-        def loss_fn(model):
-            logits = model(images).astype(jnp.float32)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
-
-    return step, state
-
-
-def bench(variant: str, dtype: str, scan_impl: str, batch: int, size: int, steps: int, classes: int) -> dict:
+def bench(variant: str, dtype: str, scan_impl: str, batch: int, size: int, n_steps: int, classes: int) -> dict:
+    """Times train.py's own step (``steps.make_train_step``: sharded, states donated) on uint8
+    images already at ``size``, so the transform is only the normalisation."""
     model = FACTORIES[variant](num_classes=classes, rngs=nnx.Rngs(0), scan_impl=scan_impl, dtype=dtype)
     model.train()
-    step, state = make_train_step(model)
-    key_x, key_y = jax.random.split(jax.random.key(int(time.time())))
-    images = jax.random.normal(key_x, (batch, size, size, 3), jnp.dtype(dtype))
-    labels = jax.random.randint(key_y, (batch,), 0, classes)
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+    mesh = sharding.make_mesh()
+    states = list(sharding.replicate(mesh, (model_state, opt_state)))
+    transform = TrainTransform(size, 3, random_resized_crop=False, random_flip=False)
+    step_fn = steps.make_train_step(model_def, opt_def, transform, False, 0, mesh)
+    rng = np.random.default_rng(int(time.time()))
+    images = sharding.shard_batch(mesh, rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+    labels = sharding.shard_batch(mesh, rng.integers(0, classes, batch))
+    step = jax.numpy.int32(0)
     t0 = time.perf_counter()
-    compiled = step.lower(state, images, labels).compile()
+    compiled = step_fn.lower(*states, images, labels, step).compile()
     compile_s = time.perf_counter() - t0
-    for _ in range(2):  # warm-up: first runs include allocation and autotuning
-        state, loss = compiled(state, images, labels)
-    jax.block_until_ready(loss)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, loss = compiled(state, images, labels)
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    losses = []
+
+    def run():
+        *new_states, loss = compiled(*states, images, labels, step)
+        states[:] = new_states  # the old ones were donated
+        losses.append(loss)
+        return jax.block_until_ready(loss)
+
+    run()  # a second warm-up on top of median_seconds' own: the first runs allocate and autotune
+    step_s = median_seconds(run, n_steps)
     return {
-        "variant": variant,
-        "dtype": dtype,
-        "scan_impl": scan_impl,
-        "batch": batch,
-        "image_size": size,
-        "compile_s": compile_s,
-        "step_s": step_s,
-        "images_per_s": batch / step_s,
-        "loss": float(loss),
+        "variant": variant, "dtype": dtype, "scan_impl": scan_impl, "batch": batch, "image_size": size,
+        "compile_s": compile_s, "step_s": step_s, "images_per_s": batch / step_s, "loss": float(losses[-1]),
         "peak_temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
     }
 
