@@ -44,7 +44,8 @@ from medmamba_jax.ops.triton_lowering import TritonKernel, lower_to_triton
 # a warp's registers (allocated in units of 256) must fit within one partition.
 REGISTER_PARTITIONS, REGISTERS_PER_PARTITION = 4, 16384
 SHARED_RESERVED_PER_BLOCK = 1024
-SASS_CLASSES = ("MUFU", "SHFL", "BAR", "LDG", "STG", "LDS", "STS", "FFMA", "FMUL", "FADD")
+# LDSM/STSM (ldmatrix/stmatrix) also move register layouts through shared memory.
+SASS_CLASSES = ("MUFU", "SHFL", "BAR", "LDG", "STG", "LDS", "STS", "LDSM", "STSM", "FFMA", "FMUL", "FADD")
 
 
 class Arch(NamedTuple):

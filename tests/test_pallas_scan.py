@@ -12,6 +12,7 @@ Plain ``unittest`` classes, so they also run without pytest:
 from __future__ import annotations
 
 import functools
+import itertools
 import unittest
 
 import jax
@@ -95,13 +96,16 @@ class PallasScanTest(unittest.TestCase):
 
     def test_n4_one_group_one_segment_per_chunk(self):
         args = random_inputs(self.rng, 2, 1, 16, 4, 37)
-        self.check_against_reference(args, ScanConfig(tile=16, seg=2, ckpt_segs=1, bc_rows=1), softplus=True)
+        config = ScanConfig(tile=16, seg=2, ckpt_segs=1, bc_rows=1, prefetch=1)
+        self.check_against_reference(args, config, softplus=True)
 
     def test_multi_segment_chunks_and_narrower_backward_tile(self):
         # L = 29: three chunks of 3 segments of 3 steps, then a 2-step tail.
         args = random_inputs(self.rng, 1, 4, 4, 16, 29)
-        for bc_rows in (0, 1):  # B and C read per state (N, L) or per position (L, N)
-            config = ScanConfig(tile=4, seg=3, ckpt_segs=3, bwd_tile=2, bc_rows=bc_rows)
+        # B and C read per state (N, L) or per position (L, N); loads in the segment, or a
+        # segment ahead across the chunk boundaries.
+        for bc_rows, prefetch in ((0, 0), (1, 1)):
+            config = ScanConfig(tile=4, seg=3, ckpt_segs=3, bwd_tile=2, bc_rows=bc_rows, prefetch=prefetch)
             self.check_against_reference(args, config, softplus=True)
 
     def test_bf16_inputs(self):
@@ -183,14 +187,14 @@ class TritonLoweringTest(unittest.TestCase):
                 args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
                 self.assertEqual(self.kernels(cross_selective_scan_pallas, args), expected, (length, dim, dtype))
 
-    def test_position_major_b_and_c_lower_at_medmamba_t_shapes(self):
-        config = ScanConfig(seg=2, ckpt_segs=4, bwd_warps=1, bc_rows=1)
-        for length, dim in ((3136, 96), (49, 768)):
+    def test_candidate_configs_lower_at_medmamba_t_shapes(self):
+        candidates = [ScanConfig(seg=2, ckpt_segs=4, bwd_warps=1, bc_rows=1, prefetch=prefetch) for prefetch in (0, 1)]
+        for config, (length, dim) in itertools.product(candidates, ((3136, 96), (49, 768))):
             seq = lambda groups: jnp.zeros((1, groups, length, dim))  # noqa: E731
             bc, params = jnp.zeros((1, 4, 16, length)), jnp.zeros((4 * dim,))
             args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
             fn = functools.partial(cross_selective_scan_pallas, config=config)
-            self.assertEqual(self.kernels(fn, args), {"forward_kernel": 1, "backward_kernel": 1}, (length, dim))
+            self.assertEqual(self.kernels(fn, args), {"forward_kernel": 1, "backward_kernel": 1}, (config, length))
 
     def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
         # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.

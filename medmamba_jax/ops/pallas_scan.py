@@ -60,6 +60,9 @@ class ScanConfig:
     # 1: the kernels read B and C position-major, (L, N), so a position's N values are one
     # vectorised load; the wrapper transposes them (an XLA copy, unless fused upstream).
     bc_rows: int = 0
+    # 1: the forward loads the next segment while computing this one (software pipelining
+    # through the loop carry), at the cost of a segment's inputs in registers.
+    prefetch: int = 0
 
     def tile_cap(self, backward: bool) -> int:
         return (self.bwd_tile or self.tile) if backward else self.tile
@@ -85,7 +88,7 @@ class ScanConfig:
 
 _CONFIG_KEYS = {
     "tile": "tile", "seg": "seg", "ckpt": "ckpt_segs", "warps": "num_warps",
-    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps", "bc_rows": "bc_rows",
+    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps", "bc_rows": "bc_rows", "prefetch": "prefetch",
 }  # fmt: skip
 DEFAULT_CONFIG = ScanConfig()
 
@@ -119,7 +122,8 @@ class _Plan:
             raise ValueError(f"internal: {self.dim} channels are not a multiple of the tile {self.tile}")
         self.n_tiles = self.dim // self.tile
         seg = max(1, min(config.seg, self.length))
-        self.geo = Geometry(self.length, seg, config.ckpt_segs, rev_from, softplus, bool(config.bc_rows))
+        self.geo = Geometry(self.length, seg, config.ckpt_segs, rev_from, softplus, bool(config.bc_rows),
+                            bool(config.prefetch))
         self.num_warps = config.warps(backward)
         self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
 
