@@ -136,3 +136,10 @@ def test_image_folder_bad_splits(tiny_config, tmp_path):
         data.load_split(tiny_config, "val")
     with pytest.raises(DataError, match=r"\['cow'\] outside the training classes"):
         data.load_split(tiny_config, "test")
+
+
+def test_image_folder_missing_root_is_named_before_any_split_loads(tiny_config, tmp_path):
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path / "nowhere")
+    for read in (data.dataset_info, lambda config: data.load_split(config, "train")):
+        with pytest.raises(DataError, match=r"is not a directory \(expected .*/train/<class>/\*\.png\)"):
+            read(tiny_config)

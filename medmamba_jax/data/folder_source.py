@@ -23,9 +23,13 @@ def _builder(root: str):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
+    _check_root(root)
+    return tfds.ImageFolder(root)
+
+
+def _check_root(root: str) -> None:
     if not os.path.isdir(root):
         raise DataError(f"image-folder root {root!r} is not a directory (expected {root}/train/<class>/*.png)")
-    return tfds.ImageFolder(root)
 
 
 def _class_names(root: str, split: str) -> list[str]:
@@ -37,6 +41,7 @@ def _class_names(root: str, split: str) -> list[str]:
 
 def class_names(root: str) -> list[str]:
     """The training classes, which define the label indices for every split."""
+    _check_root(os.path.expanduser(root))
     names = _class_names(os.path.expanduser(root), "train")
     if not names:
         raise DataError(f"image folder {root}/train has no class folders")

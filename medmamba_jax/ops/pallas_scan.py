@@ -61,7 +61,8 @@ class ScanConfig:
     # vectorised load; the wrapper transposes them (an XLA copy, unless fused upstream).
     bc_rows: int = 0
     # 1: the forward loads the next segment while computing this one (software pipelining
-    # through the loop carry), at the cost of a segment's inputs in registers.
+    # through the loop carry). The carried values stay in their compact load layout and are
+    # broadcast through shared memory each step: fewer registers, more instructions.
     prefetch: int = 0
 
     def tile_cap(self, backward: bool) -> int:
