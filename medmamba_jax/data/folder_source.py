@@ -23,13 +23,7 @@ def _builder(root: str):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
-    _check_root(root)
     return tfds.ImageFolder(root)
-
-
-def _check_root(root: str) -> None:
-    if not os.path.isdir(root):
-        raise DataError(f"image-folder root {root!r} is not a directory (expected {root}/train/<class>/*.png)")
 
 
 def _class_names(root: str, split: str) -> list[str]:
@@ -40,9 +34,12 @@ def _class_names(root: str, split: str) -> list[str]:
 
 
 def class_names(root: str) -> list[str]:
-    """The training classes, which define the label indices for every split."""
-    _check_root(os.path.expanduser(root))
-    names = _class_names(os.path.expanduser(root), "train")
+    """The training classes, which define the label indices for every split. Every reader of
+    an image folder starts here, so this is where a missing root is reported."""
+    path = os.path.expanduser(root)
+    if not os.path.isdir(path):
+        raise DataError(f"image-folder root {path!r} is not a directory (expected {path}/train/<class>/*.png)")
+    names = _class_names(path, "train")
     if not names:
         raise DataError(f"image folder {root}/train has no class folders")
     return names
@@ -51,8 +48,8 @@ def class_names(root: str) -> list[str]:
 def load(root: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, image_size, image_size, 3) uint8 images and (N,) int64 labels of one split."""
     root = os.path.expanduser(root)
-    builder = _builder(root)
     names = class_names(root)
+    builder = _builder(root)
     unknown = sorted(set(_class_names(root, split)) - set(names))
     if unknown:
         raise DataError(f"image folder {root}/{split} has classes {unknown} outside the training classes {names}")
