@@ -16,12 +16,19 @@ import numpy as np
 from medmamba_jax.data import folder_source, medmnist_source
 from medmamba_jax.data.errors import DataError
 from medmamba_jax.data.pipeline import TrainStream, prefetch
-from medmamba_jax.data.transforms import EvalTransform, TrainTransform, eval_transform, preprocess, train_transform
+from medmamba_jax.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    channels_fit,
+    eval_transform,
+    preprocess,
+    train_transform,
+)
 
 SPLITS = ("train", "val", "test")
 
 __all__ = [
-    "DataError", "EvalTransform", "TrainStream", "TrainTransform", "dataset_info", "eval_transform",
+    "DataError", "EvalTransform", "TrainStream", "TrainTransform", "channels_fit", "dataset_info", "eval_transform",
     "load_split", "prefetch", "preprocess", "train_transform",
 ]
 

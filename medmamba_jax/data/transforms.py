@@ -22,11 +22,17 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
+def channels_fit(stored: int, in_chans: int) -> bool:
+    """Whether images with ``stored`` channels can feed an ``in_chans`` model: the same
+    count, or grayscale, which is repeated to any count."""
+    return stored in (1, in_chans)
+
+
 def _finish(x: jax.Array, in_chans: int) -> jax.Array:
     """(b, h, w, c) float in [0, 1] -> normalised (b, h, w, in_chans) float32."""
+    if not channels_fit(x.shape[-1], in_chans):
+        raise ValueError(f"cannot turn {x.shape[-1]}-channel images into {in_chans} channels")
     if x.shape[-1] != in_chans:
-        if x.shape[-1] != 1:
-            raise ValueError(f"cannot turn {x.shape[-1]}-channel images into {in_chans} channels")
         x = jnp.broadcast_to(x, x.shape[:-1] + (in_chans,))  # grayscale -> repeated channels
     return (x - MEAN) / STD
 

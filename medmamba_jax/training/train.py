@@ -61,7 +61,7 @@ def prepare(config) -> Run:
     """Validates the config, loads the data and builds (and maybe initialises) the model."""
     config_lib.validate(config)
     info = data_lib.dataset_info(config)
-    if info["n_channels"] not in (1, int(config.in_chans)):  # grayscale repeats to any in_chans
+    if not data_lib.channels_fit(info["n_channels"], int(config.in_chans)):
         raise ConfigError(f"{config.dataset} has {info['n_channels']}-channel images; "
                           f"in_chans={config.in_chans} cannot take them")
     splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
