@@ -115,7 +115,7 @@ def pooled_features(loaded: cli.Loaded, images: np.ndarray, batch_size: int) -> 
     from medmamba_jax.evaluation.predict import batched_apply
 
     return batched_apply(_pooled, loaded.model, images, min(batch_size, len(images)),
-                         transform=loaded.transform)
+                         transform=loaded.transform, progress="features")
 
 
 def colour_classes(labels: np.ndarray, names: list[str], multi_label: bool) -> tuple[np.ndarray, list[str]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import jax
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from medmamba_jax.training import sharding
 
@@ -32,6 +34,7 @@ def batched_apply(
     *,
     transform: Callable[[jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """``fn(model, x)`` over ``images`` (N, H, W, C) in fixed-size batches sharded over the
     devices; returns the per-image outputs (N, ...) concatenated on the host.
@@ -39,14 +42,17 @@ def batched_apply(
     ``fn`` and ``transform`` are static (hashable; a module-level function keeps one
     compilation across calls). ``transform``, if given, maps each raw batch to model input on
     the device. Every batch is padded to ``batch_size`` (rounded up to a multiple of the
-    device count), so one compilation serves all of ``images``.
+    device count), so one compilation serves all of ``images``. ``progress``, if given,
+    labels a progress bar on stderr over the batches (shown when there is more than one).
     """
     mesh = mesh or sharding.make_mesh()
     n_devices = mesh.devices.size
     batch_size = -(-batch_size // n_devices) * n_devices
     nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
     share, out = sharding.local_share(batch_size), []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    bar = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, disable=progress is None or len(starts) < 2)
+    for start in bar:
         batch = np.asarray(images[start : start + batch_size])
         count = len(batch)
         if count < batch_size:  # pad with copies of the first image; dropped below
