@@ -40,7 +40,7 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("best_metric", "loss", "best_metric must be one of"),
     ("grad_accum_steps", 3, "not a multiple of grad_accum_steps"),
     ("lr_milestones", (75, 50), "lr_milestones must be increasing"),
-    # Model settings: unchecked here, they would fail in model_init.build, after the data has loaded.
+    # Model settings: checked here, before any data loads, rather than in model_init.build after it.
     ("dims", (8, 16), r"medmamba_t: depths \(2, 2, 4, 2\) and dims \(8, 16\) must have the same length"),
     ("dims", (96, 192, 384, 770.5), r"dims must be a non-empty sequence of integers >= 2, got \(96, 192, 384, 770.5\)"),
     ("dims", (96, 192, 384, 767), r"dims must be even .*got \(96, 192, 384, 767\)"),
