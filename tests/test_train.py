@@ -132,8 +132,8 @@ def test_init_from_another_architecture_is_refused(reference_run, tiny_config):
     from medmamba_jax.training.train import prepare
 
     tiny_config.init_from = reference_run[0]
-    tiny_config.dims = (8, 32)
-    with pytest.raises(TrainingError, match=r"another architecture: dims \(8, 16\) \(config wants \(8, 32\)\)"):
+    tiny_config.dims = (16, 32)
+    with pytest.raises(TrainingError, match=r"another architecture: dims \(8, 16\) \(config wants \(16, 32\)\)"):
         prepare(tiny_config)
 
 

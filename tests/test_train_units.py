@@ -44,6 +44,7 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("dims", (8, 16), r"medmamba_t: depths \(2, 2, 4, 2\) and dims \(8, 16\) must have the same length"),
     ("dims", (96, 192, 384, 770.5), r"dims must be a non-empty sequence of integers >= 2, got \(96, 192, 384, 770.5\)"),
     ("dims", (96, 192, 384, 767), r"dims must be even .*got \(96, 192, 384, 767\)"),
+    ("dims", (96, 192, 384, 766), r"each of dims must be twice the one before .*got \(96, 192, 384, 766\)"),
     ("depths", (2, 2, -4, 2), r"depths must be a non-empty sequence of integers >= 0"),
     ("depths", (), r"depths must be a non-empty sequence"),
     ("dtype", "bf16", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'bf16'"),

@@ -63,6 +63,9 @@ class MedMambaConfig:
             raise ValueError(f"dims must be even (blocks split channels in two), got {self.dims}")
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length (one per stage)")
+        if any(b != 2 * a for a, b in zip(self.dims, self.dims[1:])):
+            raise ValueError(f"each of dims must be twice the one before (patch merging doubles the channels), "
+                             f"got {self.dims}")
         if self.in_chans < 1:
             raise ValueError(f"in_chans must be at least 1, got {self.in_chans}")
         if not 0 <= self.drop_path_rate < 1:
