@@ -8,6 +8,7 @@ the same program skip compilation.
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -36,10 +37,20 @@ def reference_run(tmp_path_factory, fake_medmnist_dir):
     return workdir, result
 
 
-def _losses(workdir):
+def _records(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+        return [json.loads(line) for line in f]
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in _records(workdir) if r["split"] == "train"}
+
+
+def _assert_losses_match_reference(workdir, reference_run):
+    """A one-epoch run's losses equal the first epoch of the reference run's."""
+    ours, one = _losses(workdir), _losses(reference_run[0])
+    assert sorted(ours) == list(range(1, 7))
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)], [one[s] for s in sorted(ours)], rtol=1e-4)
 
 
 def _weights(workdir, which="latest"):
@@ -89,9 +100,25 @@ def test_eight_devices_give_the_losses_of_one(reference_run, fake_medmnist_dir, 
     workdir = str(tmp_path / "eight")
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     run_ok(workdir, fake_medmnist_dir, "--config.num_epochs=1", env={"XLA_FLAGS": flags})
-    eight, one = _losses(workdir), _losses(reference_run[0])
-    assert sorted(eight) == list(range(1, 7))
-    np.testing.assert_allclose([eight[s] for s in sorted(eight)], [one[s] for s in sorted(eight)], rtol=1e-4)
+    _assert_losses_match_reference(workdir, reference_run)
+
+
+def test_two_processes_give_the_losses_of_one(reference_run, fake_medmnist_dir, tmp_path):
+    """Two hosts' worth of train.py processes (jax.distributed over localhost, one CPU device each)."""
+    workdir = str(tmp_path / "two")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        train_cmd(workdir, f"--config.data_dir={fake_medmnist_dir}", "--config.num_epochs=1",
+                  "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
+                  "--config.num_processes=2", f"--config.process_id={i}"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    assert "test accuracy" in outputs[0][0] and "epoch" not in outputs[1][0]  # only process 0 reports
+    _assert_losses_match_reference(workdir, reference_run)
 
 
 def test_corrupt_newest_checkpoint_falls_back(reference_run, tmp_path, capsys):

@@ -33,8 +33,20 @@ def shard_batch(mesh: Mesh, local: np.ndarray) -> jax.Array:
 
 
 def replicate(mesh: Mesh, tree):
-    """Places every leaf of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places every leaf of ``tree`` on all devices of ``mesh``, which may span processes.
+
+    A typed PRNG key (the model's drop-path RNG state) cannot be put on another process's
+    devices, so its raw key data is placed and wrapped again.
+    """
+    target = replicated(mesh)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(leaf)), target)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.device_put(leaf, target)
+
+    return jax.tree.map(put, tree)
 
 
 def local_share(global_batch: int) -> slice:
