@@ -21,7 +21,8 @@ from flax import nnx
 from conftest import ROOT, run_train, train_cmd
 from medmamba_jax.training.checkpointing import load_trained
 
-RUN_ARGS = ("--config.num_epochs=2", "--config.checkpoint_every_steps=2")
+# The learning rate drops after the first epoch, so the logged rates can be checked.
+RUN_ARGS = ("--config.num_epochs=2", "--config.checkpoint_every_steps=2", "--config.lr_milestones=(1,)")
 
 
 def run_ok(workdir, data_dir, *overrides, env=None):
@@ -69,6 +70,10 @@ def test_smoke_run_of_train_py(reference_run):
     assert config["dims"] == [8, 16] and config["num_epochs"] == 2
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["best", "latest"]
     assert len(_losses(workdir)) == 12 and os.listdir(os.path.join(workdir, "tensorboard"))
+    # Each record carries the rate its update used: 1e-3 in epoch 1, then 1e-4 after the milestone.
+    for record in _records(workdir):
+        if record["split"] in ("train", "epoch"):
+            assert record["lr"] == pytest.approx(1e-3 if record["step"] <= 6 else 1e-4), record
     model, loaded_config = load_trained(workdir)
     assert model.config.num_classes == 9 and loaded_config.dims == (8, 16)
 

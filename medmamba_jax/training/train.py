@@ -135,7 +135,9 @@ class Trainer:
             print(f"resuming from step {self.progress.step} (epoch {meta['epoch'] + 1})")
 
     def lr(self) -> float:
-        return float(self.run.schedule(self.progress.step // int(self.config.grad_accum_steps)))
+        """The learning rate of the latest update (micro-step s belongs to update s // k)."""
+        last = max(self.progress.step - 1, 0)
+        return float(self.run.schedule(last // int(self.config.grad_accum_steps)))
 
     def _batch(self, step: int) -> tuple[jax.Array, jax.Array]:
         images, labels = self.run.stream(step)
