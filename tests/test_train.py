@@ -95,6 +95,9 @@ def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_
     resumed = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     assert "resuming from step" in resumed.stdout
     reference, _ = reference_run
+    # The steps redone after the resumed checkpoint are logged once, as in an uninterrupted run.
+    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert sorted(logged) == sorted((r["split"], r["step"]) for r in _records(reference))
     assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
         open(os.path.join(reference, "results.json")))
     for a, b in zip(_weights(workdir), _weights(reference), strict=True):
@@ -140,6 +143,74 @@ def test_corrupt_newest_checkpoint_falls_back(reference_run, tmp_path, capsys):
     model, _ = load_trained(workdir, "latest")
     assert f"{newest} is unreadable" in capsys.readouterr().err
     assert model.config.dims == (8, 16)
+
+
+def _tree(workdir) -> dict[str, bytes]:
+    """Every file under ``workdir`` by relative path, with its contents."""
+    files = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, workdir)] = f.read()
+    return files
+
+
+@pytest.fixture
+def reference_copy(reference_run, tiny_config, tmp_path):
+    """A copy of the reference workdir, and tiny_config set as the reference run was."""
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(reference_run[0], workdir)
+    tiny_config.num_epochs, tiny_config.checkpoint_every_steps, tiny_config.lr_milestones = 2, 2, (1,)
+    return workdir, tiny_config
+
+
+def test_resuming_with_other_settings_is_refused_before_anything_is_written(reference_copy):
+    from medmamba_jax.training.errors import ConfigError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    before = _tree(workdir)
+    config.batch_size, config.seed, config.num_epochs = 16, 5, 3  # num_epochs may change on resume
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(batch_size 8 -> 16, seed 0 -> 5\)"):
+        train_and_evaluate(config, workdir)
+    assert _tree(workdir) == before
+
+
+def test_checkpoints_of_another_model_are_refused_not_overwritten(reference_copy):
+    from medmamba_jax.training.errors import ConfigError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    saved["dims"] = [16, 32]  # a config.json that no longer describes its checkpoints
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(saved, f)
+    config.dims = (16, 32)
+    before = _tree(workdir)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of another model: dims \(8, 16\) \(config wants \(16, 32\)\)"):
+        train_and_evaluate(config, workdir)
+    assert _tree(workdir) == before
+
+
+def test_unreadable_checkpoints_stop_the_run_instead_of_restarting_it(reference_copy, capsys):
+    from medmamba_jax.training.errors import TrainingError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    results = _tree(workdir)["results.json"]
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    for root, _, names in os.walk(latest):
+        for name in names:
+            if "model" in root.split(os.sep):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(TrainingError, match=r"no checkpoint in .*latest can be read"):
+        train_and_evaluate(config, workdir)
+    assert capsys.readouterr().err.count("is unreadable") == 2
+    assert _tree(workdir)["results.json"] == results
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):

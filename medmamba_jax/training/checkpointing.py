@@ -35,6 +35,7 @@ from flax import nnx
 from medmamba_jax.checkpoints import shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
+from medmamba_jax.training.errors import ConfigError
 
 KINDS = ("latest", "best")
 
@@ -72,6 +73,14 @@ def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt
     manager.wait_until_finished()
 
 
+def has_checkpoint(workdir: str, kind: str = "latest") -> bool:
+    """Whether ``workdir`` holds a finalised checkpoint of ``kind``. A plain directory listing:
+    making a CheckpointManager here would add a cross-process barrier that the processes reach
+    at different points of their start-up."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+    return os.path.isdir(directory) and bool(ocp.utils.checkpoint_steps(directory))
+
+
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -80,7 +89,8 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     """(model_state, opt_state, meta) of the newest readable checkpoint, or None if there is none.
 
     ``templates(meta)`` gives the (model_state, opt_state or None) structures to restore
-    into. An unreadable checkpoint is reported on stderr and the previous one is tried.
+    into, or raise ConfigError for a checkpoint of something else. An unreadable checkpoint
+    is reported on stderr and the previous one is tried.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
@@ -91,6 +101,8 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
             if opt_state is not None:
                 items["opt"] = ocp.args.StandardRestore(_abstract(opt_state))
             restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except ConfigError:
+            raise
         except Exception as err:  # noqa: BLE001 - any failure means: this checkpoint is unusable
             fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint"
             message = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

@@ -99,6 +99,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"bad model setting for {config.model}: {err}") from None
 
 
+# What a resumed run may set differently: how long it goes on, how it reports, where it finds
+# its data and devices, and which (numerically equivalent) scan implementation it uses.
+RESUMABLE_KEYS = frozenset({
+    "num_epochs", "early_stopping_patience", "checkpoint_every_steps", "log_every_steps", "progress_bar",
+    "prefetch", "eval_batch_size", "data_dir", "download", "scan_impl", "init_from",
+    "distributed", "coordinator_address", "num_processes", "process_id",
+})
+
+
+def run_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, new value)} for the keys outside RESUMABLE_KEYS on which they differ."""
+    def plain(value):  # a tuple read back from JSON is a list in one and a tuple in the other
+        return list(value) if isinstance(value, (tuple, list)) else value
+
+    return {key: (saved[key], config[key]) for key in sorted(config.keys())
+            if key not in RESUMABLE_KEYS and plain(saved.get(key)) != plain(config[key])}
+
+
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The MedMamba arguments the config sets on top of its ``model`` variant's."""
     overrides = {

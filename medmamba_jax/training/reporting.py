@@ -15,16 +15,24 @@ import tqdm
 
 
 class Reporter:
-    """Appends ``{"step", "epoch", "split", **scalars}`` lines to W/metrics.jsonl and to TensorBoard."""
+    """Appends ``{"step", "epoch", "split", **scalars}`` lines to W/metrics.jsonl and to TensorBoard.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    A run resumed at ``resumed_step`` writes again what came after that step, and its test
+    results: those records are dropped from metrics.jsonl and hidden from TensorBoard.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, resumed_step: int | None = None):
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resumed_step is not None and os.path.exists(path):
+            _keep_records(path, lambda r: r["step"] <= resumed_step and r["split"] != "test")
+        self._jsonl = open(path, "a")
+        purge = None if resumed_step is None else resumed_step + 1
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     def write(self, split: str, step: int, epoch: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -40,6 +48,22 @@ class Reporter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _keep_records(path: str, keep) -> None:
+    """Rewrites a JSON-lines file with the records ``keep`` accepts; a line that a killed run
+    left half-written is dropped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+    os.replace(tmp, path)
 
 
 class Progress:

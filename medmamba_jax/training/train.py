@@ -21,6 +21,7 @@ from flax import nnx
 
 from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
+from medmamba_jax.models import MedMambaConfig
 from medmamba_jax.training import checkpointing, model_init, optim, reporting, sharding, steps
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
@@ -112,27 +113,45 @@ class Trainer:
         self.run, self.config, self.workdir = run, run.config, workdir
         self.is_main = jax.process_index() == 0
         self.managers = checkpointing.managers(workdir)
-        self.reporter = reporting.Reporter(workdir, enabled=self.is_main)
         self.model_def, model_state = nnx.split(run.model)
         self.opt_def, opt_state = nnx.split(run.optimizer)
         self.model_state = sharding.replicate(run.mesh, model_state)
         self.opt_state = sharding.replicate(run.mesh, opt_state)
         self.progress = Progress()
-        self._resume()
+        resumed = self._resume()
+        self.reporter = reporting.Reporter(workdir, enabled=self.is_main,
+                                           resumed_step=self.progress.step if resumed else None)
         self.train_step = steps.make_train_step(
             self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
             int(self.config.seed), run.mesh,
         )
 
-    def _resume(self) -> None:
-        restored = checkpointing.restore(self.managers["latest"], lambda meta: (self.model_state, self.opt_state))
+    def _templates(self, meta: dict):
+        """What a latest checkpoint restores into, once its meta shows it is this run's model."""
+        model = self.run.model.config
+        saved = dataclasses.replace(MedMambaConfig.from_dict(meta["model_config"]), scan_impl=model.scan_impl)
+        if saved != model:
+            differ = ", ".join(f"{f.name} {getattr(saved, f.name)} (config wants {getattr(model, f.name)})"
+                               for f in dataclasses.fields(model) if getattr(saved, f.name) != getattr(model, f.name))
+            raise ConfigError(f"{self.managers['latest'].directory} holds checkpoints of another model: {differ}; "
+                              "use another --workdir")
+        return self.model_state, self.opt_state
+
+    def _resume(self) -> bool:
+        """Restores the latest checkpoint, if there is one; returns whether there was."""
+        manager = self.managers["latest"]
+        restored = checkpointing.restore(manager, self._templates)
         if restored is None:
-            return
+            if manager.all_steps():  # starting afresh would overwrite them
+                raise TrainingError(f"no checkpoint in {manager.directory} can be read (see the warnings "
+                                    "above); move it away to start the run again")
+            return False
         self.model_state, self.opt_state, meta = restored
         fields = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
         if self.is_main:
             print(f"resuming from step {self.progress.step} (epoch {meta['epoch'] + 1})")
+        return True
 
     def lr(self) -> float:
         """The learning rate of the latest update (micro-step s belongs to update s // k)."""
@@ -248,6 +267,23 @@ class Trainer:
             manager.close()
 
 
+def check_same_run(config, workdir: str) -> None:
+    """A workdir that holds checkpoints is only continued with the settings that made them
+    (``config_lib.RESUMABLE_KEYS`` may change); anything else is refused before it is touched."""
+    if not checkpointing.has_checkpoint(workdir):
+        return
+    try:
+        saved = checkpointing.read_config(workdir)
+    except checkpointing.NoCheckpointError:
+        raise ConfigError(f"{workdir} holds checkpoints but no config.json, so resuming it cannot be checked; "
+                          "use another --workdir") from None
+    changes = config_lib.run_changes(saved, config)
+    if changes:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise ConfigError(f"{workdir} holds a run with other settings ({listed}); resume it with the settings "
+                          "in its config.json, or train in another --workdir")
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics."""
     if config.distributed:
@@ -257,11 +293,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                    int(config.process_id) if explicit else None)
     run = prepare(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    check_same_run(config, workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    trainer = Trainer(run, workdir)
+    trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
     try:
+        if jax.process_index() == 0:
+            checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
         trainer.fit()
         return trainer.test()
     finally:
