@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str, np.ndarray | str]]:
     """(path, stored-form uint8 image) per path, or (path, error message) when unreadable."""
-    from medmamba_jax.analysis.images import ImageReadError, load_for_model
+    from medmamba_jax.data.image_files import ImageReadError, load_for_model
 
     for path in paths:
         try:

@@ -129,6 +129,30 @@ def test_image_folder_through_tfds(tiny_config, tmp_path):
     assert data.dataset_info(tiny_config)["label_names"] == ["cat", "dog"]
 
 
+def test_image_folder_decodes_files_as_predict_does(tiny_config, tmp_path):
+    """16-bit, RGBA and JPEG files become the same training pixels as predict's input; a
+    broken file is named."""
+    from medmamba_jax.data.image_files import load_for_model
+
+    rng = np.random.default_rng(0)
+    files = {"deep.png": Image.fromarray(rng.integers(0, 4096, (20, 18)).astype(np.uint16)),
+             "alpha.png": Image.fromarray(rng.integers(0, 256, (12, 12, 4)).astype(np.uint8)),
+             "photo.jpg": Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8))}
+    _folder(tmp_path, {"val": {"cat": 1}, "test": {"cat": 1}})
+    for i, (name, image) in enumerate(sorted(files.items())):
+        os.makedirs(tmp_path / "train" / f"c{i}")
+        image.save(tmp_path / "train" / f"c{i}" / name)
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    images, labels = data.load_split(tiny_config, "train")
+    for i, name in enumerate(sorted(files)):
+        want = load_for_model(str(tmp_path / "train" / f"c{i}" / name), channels=3, size=32)
+        np.testing.assert_array_equal(images[list(labels).index(i)], want, err_msg=name)
+    assert images[list(labels).index(sorted(files).index("deep.png"))].max() > 200  # min-max scaled; a >> 8 shift would leave <= 15
+    (tmp_path / "train" / "c0" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"c0/broken.png: not a readable image \(PNG, JPEG or DICOM\)$"):
+        data.load_split(tiny_config, "train")
+
+
 def test_image_folder_bad_splits(tiny_config, tmp_path):
     _folder(tmp_path, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 0}, "test": {"cow": 1}})
     tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)

@@ -87,7 +87,7 @@ def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
     import jax.numpy as jnp
 
     from medmamba_jax.analysis.gradcam import gradcam, head_logits
-    from medmamba_jax.analysis.images import load_for_model
+    from medmamba_jax.data.image_files import load_for_model
     from medmamba_jax.data.transforms import EvalTransform
 
     loaded = cli.from_workdir(tools_workdir)

@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import assert_png_not_blank
 
 from medmamba_jax import evaluate
-from medmamba_jax.analysis import images, perturb
+from medmamba_jax.analysis import perturb
+from medmamba_jax.data import image_files as images
 
 
 def test_to_stored_converts_modes_and_sizes(sample_images):

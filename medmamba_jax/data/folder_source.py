@@ -2,8 +2,9 @@
 
 The class list is the sorted class folders of ``train``; a class folder in ``val`` or
 ``test`` that training never saw is an error rather than a silently shifted label.
-Images are decoded to RGB and resized once, at load time, to ``image_size``, so a
-split becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
+tfds lists the files and labels; each file is decoded by ``image_files`` (as ``predict``
+decodes one) to RGB and resized once, at load time, to ``image_size``, so a split
+becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
 
+from medmamba_jax.data import image_files
 from medmamba_jax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -59,9 +60,13 @@ def load(root: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray
     import tensorflow_datasets as tfds
 
     tfds_names = builder.info.features["label"].names
+    encoded = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     images, labels = [], []
-    for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        image = Image.fromarray(example["image"]).resize((image_size, image_size), Image.BILINEAR)
-        images.append(np.asarray(image, np.uint8))
+    for example in tfds.as_numpy(encoded):
+        name = example["image/filename"].decode()
+        try:
+            images.append(image_files.to_stored(image_files.decode(example["image"], name), 3, image_size))
+        except image_files.ImageReadError as err:
+            raise DataError(str(err)) from None
         labels.append(names.index(tfds_names[example["label"]]))
     return np.stack(images), np.asarray(labels, np.int64)

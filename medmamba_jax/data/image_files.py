@@ -4,11 +4,14 @@ Training read MedMNIST images at their stored size (``config.size``) with 1 chan
 (grayscale sets) or 3 (RGB sets), and image-folder images as RGB resized to
 ``image_size``; the eval transform then resized to the model's input and repeated a
 grayscale channel. ``to_stored`` makes any file look like those stored images, so the
-same eval transform gives the model what training gave it.
+same eval transform gives the model what training gave it. Image folders are decoded
+for training by these same functions (``folder_source``), so a 16-bit or RGBA file is
+turned into the same pixels there as at prediction time.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -68,12 +71,20 @@ def read_image(path: str) -> Image.Image:
         raise ImageReadError(f"{path}: no such file")
     if _is_dicom(path):
         return _read_dicom(path)
+    with open(path, "rb") as f:
+        return decode(f.read(), path)
+
+
+def decode(encoded: bytes, name: str) -> Image.Image:
+    """A PIL image of an encoded PNG or JPEG (anything Pillow reads); ImageReadError naming ``name`` otherwise."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(encoded)) as image:
             image.load()
             return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageReadError(f"{path}: not a readable image (PNG, JPEG or DICOM): {err}") from err
+    except UnidentifiedImageError:  # Pillow's own message names only the in-memory buffer
+        raise ImageReadError(f"{name}: not a readable image (PNG, JPEG or DICOM)") from None
+    except (OSError, ValueError) as err:  # a known format, broken
+        raise ImageReadError(f"{name}: not a readable image (PNG, JPEG or DICOM): {err}") from err
 
 
 def to_stored(image: Image.Image, channels: int, size: int) -> np.ndarray:
