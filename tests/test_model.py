@@ -116,6 +116,11 @@ def test_channel_shuffle_interleaves_halves():
 def test_bad_input_shape_is_explained(tiny):
     with pytest.raises(ValueError, match="expected NHWC input with 3 channels"):
         tiny(jnp.ones((1, 3, 64, 64)))
+    tiny.eval()
+    side = tiny.config.min_image_size  # the smallest side whose last stage keeps a pixel
+    assert np.isfinite(tiny(jnp.ones((1, side, side, 3)))).all()
+    with pytest.raises(ValueError, match=f"input {side - 1}x{side} is smaller than this model's minimum"):
+        tiny(jnp.ones((1, side - 1, side, 3)))
 
 
 @pytest.mark.skipif(

@@ -40,6 +40,12 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("best_metric", "loss", "best_metric must be one of"),
     ("grad_accum_steps", 3, "not a multiple of grad_accum_steps"),
     ("lr_milestones", (75, 50), "lr_milestones must be increasing"),
+    ("batch_size", 0, r"batch_size and eval_batch_size must be >= 1, got 0 and 256"),
+    ("eval_batch_size", 0, r"batch_size and eval_batch_size must be >= 1, got 128 and 0"),
+    ("log_every_steps", 0, r"log_every_steps must be >= 1, got 0"),
+    ("checkpoint_every_steps", -1, r"checkpoint_every_steps, early_stopping_patience and prefetch must be >= 0"),
+    # MedMamba-T's 4 stages: 28 -> 7 -> 3 -> 1 -> 0 pixels; 32 is the smallest side that keeps one.
+    ("image_size", 28, r"image_size 28 is too small for 4 stages: .* \(at least 32\)"),
     # Model settings: checked here, before any data loads, rather than in model_init.build after it.
     ("dims", (8, 16), r"medmamba_t: depths \(2, 2, 4, 2\) and dims \(8, 16\) must have the same length"),
     ("dims", (96, 192, 384, 770.5), r"dims must be a non-empty sequence of integers >= 2, got \(96, 192, 384, 770.5\)"),

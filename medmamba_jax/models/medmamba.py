@@ -79,6 +79,12 @@ class MedMambaConfig:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
 
+    @property
+    def min_image_size(self) -> int:
+        """The smallest input side that leaves a pixel in the last stage: the patch embedding
+        divides the side by patch_size and each merge halves it, rounding down."""
+        return self.patch_size * 2 ** (len(self.dims) - 1)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -281,6 +287,9 @@ class MedMamba(nnx.Module):
             raise ValueError(
                 f"expected NHWC input with {self.config.in_chans} channels, got shape {x.shape}"
             )
+        if min(x.shape[1:3]) < self.config.min_image_size:  # else the last stage is empty and the pool NaN
+            raise ValueError(f"input {x.shape[1]}x{x.shape[2]} is smaller than this model's minimum "
+                             f"{self.config.min_image_size}x{self.config.min_image_size}")
         x = self.patch_embed(x)
         if record is not None:
             record["patch_embed"] = x

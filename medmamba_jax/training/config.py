@@ -86,7 +86,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}"),
         (config.batch_size % config.grad_accum_steps == 0,
          f"batch_size {config.batch_size} is not a multiple of grad_accum_steps {config.grad_accum_steps}"),
-        (config.num_epochs >= 1 and config.image_size >= 8, "num_epochs must be >= 1 and image_size >= 8"),
+        (config.num_epochs >= 1, f"num_epochs must be >= 1, got {config.num_epochs}"),
+        (config.batch_size >= 1 and config.eval_batch_size >= 1,
+         f"batch_size and eval_batch_size must be >= 1, got {config.batch_size} and {config.eval_batch_size}"),
+        (config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}"),
+        (min(config.checkpoint_every_steps, config.early_stopping_patience, config.prefetch) >= 0,
+         "checkpoint_every_steps, early_stopping_patience and prefetch must be >= 0 (0 turns each off)"),
         (list(config.lr_milestones) == sorted(set(config.lr_milestones)),
          f"lr_milestones must be increasing epochs, got {config.lr_milestones}"),
     ]
@@ -94,9 +99,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ConfigError(message)
     try:  # the architecture model_init.build will make, checked without building it
-        dataclasses.replace(VARIANT_CONFIGS[config.model], **model_overrides(config))
+        model = dataclasses.replace(VARIANT_CONFIGS[config.model], **model_overrides(config))
     except ValueError as err:
         raise ConfigError(f"bad model setting for {config.model}: {err}") from None
+    if config.image_size < model.min_image_size:
+        raise ConfigError(f"image_size {config.image_size} is too small for {len(model.dims)} stages: the last "
+                          f"stage would have no pixels (at least {model.min_image_size})")
 
 
 # What a resumed run may set differently: how long it goes on, how it reports, where it finds
