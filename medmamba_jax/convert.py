@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medmamba_jax.analysis import cli
 from medmamba_jax.checkpoints import save_model
 from medmamba_jax.models import count_params
 from medmamba_jax.params import CheckpointError, from_torch
@@ -26,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="directory to write model_config.json and the Orbax state into")
     args = parser.parse_args(argv)
     try:
+        cli.writable_dir(args.out_dir)
         model = from_torch(args.checkpoint)
-    except (CheckpointError, ImportError) as err:
+    except (cli.ToolError, CheckpointError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     out = save_model(args.out_dir, model)

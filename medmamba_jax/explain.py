@@ -11,6 +11,7 @@ medmamba_jax.analysis.gradcam) for the predicted class, or for --target. t-SNE
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -30,7 +31,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cam = commands.add_parser("gradcam", help="Grad-CAM overlay PNG per image file")
     cli.add_model_args(cam, checkpoint_ok=True)
     cam.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
-    cam.add_argument("--out", required=True, help="output directory for IMAGE_gradcam.png files")
+    cam.add_argument("--out", required=True, help="output directory for IMAGE_gradcam.png files "
+                     "(IMAGE_gradcam_classN.png with --target; inputs that share a file name are told "
+                     "apart by their folders, e.g. cat_0_gradcam.png)")
     cam.add_argument("--target", help="class name or index to explain (default: the predicted class)")
     tsne = commands.add_parser("tsne", help="t-SNE of pooled features of a split, coloured by class")
     cli.add_model_args(tsne, checkpoint_ok=False)
@@ -54,7 +57,23 @@ def resolve_target(target: str | None, names: list[str]) -> int | None:
     raise cli.ToolError(f"--target {target!r} is not a class name or index; classes: {', '.join(names)}")
 
 
-def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int | None, out: str) -> dict:
+def figure_stems(paths: Sequence[str]) -> dict[str, str]:
+    """A distinct output name stem per input path: the file's own stem, or where several
+    inputs share one, their path below the folder they have in common ('cat/0.png' -> 'cat_0')."""
+    unique = list(dict.fromkeys(paths))
+    stems = {path: os.path.splitext(os.path.basename(path))[0] for path in unique}
+    counts = collections.Counter(stems.values())
+    shared = [os.path.abspath(path) for path in unique if counts[stems[path]] > 1]
+    root = os.path.commonpath([os.path.dirname(path) for path in shared]) if shared else ""
+
+    def below_root(path: str) -> str:
+        return os.path.splitext(os.path.relpath(os.path.abspath(path), root))[0].replace(os.sep, "_")
+
+    return {path: below_root(path) if counts[stems[path]] > 1 else stems[path] for path in unique}
+
+
+def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int | None, out: str,
+                 stem: str) -> dict:
     """Grad-CAM of one stored-form image (S, S, C) uint8; saves the figure and returns a summary record."""
     from medmamba_jax.analysis import plots
     from medmamba_jax.analysis.gradcam import gradcam
@@ -71,7 +90,6 @@ def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int |
         (loaded.image_size, loaded.image_size), Image.BILINEAR))
     shown = shown[..., None] if shown.ndim == 2 else shown
     names = loaded.label_names
-    stem = os.path.splitext(os.path.basename(path))[0]
     suffix = "" if target is None else f"_class{chosen}"
     figure = os.path.join(out, f"{stem}_gradcam{suffix}.png")
     title = (f"{os.path.basename(path)}: Grad-CAM for '{names[chosen]}' (p={probs[chosen]:.3f})\n"
@@ -93,13 +111,13 @@ def run_gradcam(args: argparse.Namespace) -> int:
     if side < 2:
         print(f"warning: at {loaded.image_size}px the last stage is {side}x{side}, so Grad-CAM has no spatial "
               "detail; the maps are blank", file=sys.stderr)
-    failed = 0
+    failed, stems = 0, figure_stems(args.images)
     for path, image in read_images(args.images, loaded):
         if isinstance(image, str):
             failed += 1
             print(f"error: {image}", file=sys.stderr, flush=True)
             continue
-        print(json.dumps(explain_file(path, image, loaded, target, out)), flush=True)
+        print(json.dumps(explain_file(path, image, loaded, target, out, stems[path])), flush=True)
     if failed:
         print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -102,12 +103,20 @@ def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
 
 def test_explain_gradcam_command(tools_workdir, sample_images, tmp_path, capsys):
     out = str(tmp_path / "cams")
-    files = [sample_images["rgb.png"], sample_images["scan.dcm"]]
+    twins = [tmp_path / folder / "x.png" for folder in ("a", "b")]  # one file name in two folders
+    for twin in twins:
+        twin.parent.mkdir()
+        shutil.copy(sample_images["rgb.png"], twin)
+    files = [sample_images["rgb.png"], sample_images["scan.dcm"], *map(str, twins)]
     assert run(explain.main, ["gradcam", "--workdir", tools_workdir, *files, "--out", out, "--target", "debris"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [r["target"] for r in records] == ["debris", "debris"]
+    assert [r["target"] for r in records] == ["debris"] * 4
+    assert [os.path.basename(r["figure"]) for r in records] == [
+        f"{stem}_gradcam_class2.png" for stem in ("rgb", "scan", "a_x", "b_x")]  # debris is class 2
     for record in records:
         assert_png_not_blank(record["figure"])
+    assert run(explain.main, ["gradcam", "--workdir", tools_workdir, files[0], "--out", sample_images["notes.txt"]]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err
     assert run(explain.main, ["gradcam", "--workdir", tools_workdir, sample_images["notes.txt"], "--out", out]) == 1
     assert run(explain.main, ["gradcam", "--workdir", tools_workdir, files[0], "--out", out, "--target", "x"]) == 1
 

@@ -182,7 +182,16 @@ def load_split(loaded: Loaded, split: str, limit: int | None = None):
     return images, labels
 
 
-def output_dir(path: str) -> str:
+def writable_dir(path: str) -> str:
+    """``path`` with ~ expanded, if it is a directory or can become one; ToolError otherwise."""
     path = os.path.expanduser(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ToolError(f"output {path} is a file, not a directory")
+    return path
+
+
+def output_dir(path: str) -> str:
+    """Creates (if needed) and returns the output directory ``path``."""
+    path = writable_dir(path)
     os.makedirs(path, exist_ok=True)
     return path
