@@ -43,6 +43,9 @@ def main(argv):
     except expected_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command to resume from the latest checkpoint", file=sys.stderr)
+        sys.exit(130)  # the shell's status for SIGINT
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = cli.from_workdir(args.workdir, args.which)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
-    scores = loaded.scores(images, args.batch_size)
+    scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
     out = cli.output_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
     support = truth.sum(axis=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_help(module, capsys):
 
 def test_evaluate_writes_metrics_and_plots(tools_workdir, tmp_path, capsys):
     out = str(tmp_path / "eval")
-    assert run(evaluate.main, ["--workdir", tools_workdir, "--out", out]) == 0
+    assert run(evaluate.main, ["--workdir", tools_workdir, "--out", out, "--batch-size", "8"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     for key in SUMMARY_KEYS:
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -46,8 +47,9 @@ def test_evaluate_writes_metrics_and_plots(tools_workdir, tmp_path, capsys):
     assert sum(metrics["support"]) == metrics["num_images"] == 18
     for name in ("confusion_matrix.png", "roc.png"):
         assert_png_not_blank(os.path.join(out, name))
-    table = capsys.readouterr().out
-    assert "macro average" in table and "adipose" in table
+    captured = capsys.readouterr()
+    assert "macro average" in captured.out and "adipose" in captured.out
+    assert re.search(r"\rtest: .* 0/3 ", captured.err)  # a progress bar over the 3 batches of 8
 
 
 def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images, capsys):

@@ -78,19 +78,31 @@ def test_smoke_run_of_train_py(reference_run):
     assert model.config.num_classes == 9 and loaded_config.dims == (8, 16)
 
 
-def test_sigkill_and_resume_give_identical_results(reference_run, fake_medmnist_dir, tmp_path):
-    workdir = str(tmp_path / "killed")
-    proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={fake_medmnist_dir}", *RUN_ARGS), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess.CompletedProcess:
+    """Runs the reference run's command in ``workdir`` and sends ``sig`` once a checkpoint at
+    ``step`` or later exists; returns the stopped process's status and stderr."""
+    proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={data_dir}", *RUN_ARGS), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     latest = os.path.join(workdir, "checkpoints", "latest")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         steps = [int(d) for d in os.listdir(latest) if d.isdigit()] if os.path.isdir(latest) else []
-        if steps and max(steps) >= 2:
+        if steps and max(steps) >= step:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stderr=err)
+
+
+def test_interrupt_kill_and_resume_give_identical_results(reference_run, fake_medmnist_dir, tmp_path):
+    workdir = str(tmp_path / "killed")
+    interrupted = _stop_after_checkpoint(workdir, fake_medmnist_dir, 2, signal.SIGINT)  # Ctrl-C
+    assert interrupted.returncode == 130, "the run finished before it could be interrupted"
+    assert interrupted.stderr.strip().endswith("interrupted: run the same command to resume from the latest "
+                                               "checkpoint") and "Traceback" not in interrupted.stderr
+    killed = _stop_after_checkpoint(workdir, fake_medmnist_dir, 8, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     resumed = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     assert "resuming from step" in resumed.stdout

@@ -52,12 +52,13 @@ class Loaded:
 
         return EvalTransform(self.image_size, self.in_chans)
 
-    def scores(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    def scores(self, images: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
         """Probabilities (N, K) of stored uint8 images (N, H, W, C), in batches padded to
-        ``batch_size`` (one compilation for any N)."""
+        ``batch_size`` (one compilation for any N); ``progress`` labels a progress bar."""
         from medmamba_jax.evaluation import predict_scores
 
-        return predict_scores(self.model, images, batch_size, multi_label=self.multi_label, transform=self.transform)
+        return predict_scores(self.model, images, batch_size, multi_label=self.multi_label, transform=self.transform,
+                              progress=progress)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

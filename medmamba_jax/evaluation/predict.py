@@ -51,7 +51,8 @@ def batched_apply(
     nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
     share, out = sharding.local_share(batch_size), []
     starts = range(0, len(images), batch_size)
-    bar = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, disable=progress is None or len(starts) < 2)
+    bar = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, leave=False,
+               disable=progress is None or len(starts) < 2)
     for start in bar:
         batch = np.asarray(images[start : start + batch_size])
         count = len(batch)
@@ -70,6 +71,7 @@ def predict_scores(
     multi_label: bool = False,
     transform: Callable[[jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, num_classes) float32 of ``images`` (N, H, W, C).
 
@@ -80,7 +82,7 @@ def predict_scores(
     ``model.eval()`` first for inference. Batching as in :func:`batched_apply`.
     """
     scores = _sigmoid_scores if multi_label else _softmax_scores
-    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh)
+    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh, progress=progress)
 
 
 def _gather(x: jax.Array) -> jax.Array:

@@ -90,9 +90,10 @@ def evaluate(run: Run, model_def, model_state, split: str) -> dict[str, Any]:
     model = nnx.merge(model_def, model_state)
     model.eval()
     images, labels = run.splits[split]
+    shown = bool(run.config.progress_bar) and jax.process_index() == 0
     scores = predict_scores(
         model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
-        transform=data_lib.eval_transform(run.config), mesh=run.mesh,
+        transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
     )
     return compute_metrics(labels, scores, run.info["task"])
 
@@ -150,7 +151,8 @@ class Trainer:
         fields = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
         if self.is_main:
-            print(f"resuming from step {self.progress.step} (epoch {meta['epoch'] + 1})")
+            done = self.progress.step // self.run.steps_per_epoch
+            print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs done")
         return True
 
     def lr(self) -> float:
