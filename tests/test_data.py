@@ -167,3 +167,6 @@ def test_image_folder_missing_root_is_named_before_any_split_loads(tiny_config, 
     for read in (data.dataset_info, lambda config: data.load_split(config, "train")):
         with pytest.raises(DataError, match=r"is not a directory \(expected .*/train/<class>/\*\.png\)"):
             read(tiny_config)
+    tiny_config.data_dir = ""
+    with pytest.raises(DataError, match=r"no image-folder root: set --config.data_dir=ROOT"):
+        data.dataset_info(tiny_config)

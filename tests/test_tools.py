@@ -161,6 +161,10 @@ def test_missing_workdir(tmp_path, capsys):
     for main, extra in ((evaluate.main, []), (predict.main, ["x.png"]), (robustness.main, ["--out", str(tmp_path)])):
         assert run(main, ["--workdir", str(tmp_path / "nowhere"), *extra]) == 1
         assert "does not exist" in capsys.readouterr().err
+    pth = tmp_path / "MedMamba.pth"
+    pth.write_bytes(b"")
+    assert run(predict.main, ["--checkpoint", str(pth), "--image-size", "32", "x.png"]) == 1
+    assert f"convert it first: python -m medmamba_jax.convert {pth} DIR" in capsys.readouterr().err
 
 
 def test_unknown_split_on_trained_workdir(tools_workdir, tmp_path, capsys):

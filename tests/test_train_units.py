@@ -81,6 +81,16 @@ def test_colour_dataset_into_a_one_channel_model_fails_before_the_data_loads(tmp
         train.prepare(config)
 
 
+def test_stored_channels_that_differ_from_the_published_set_are_checked_too(tmp_path):
+    rgb = np.zeros((4, 28, 28, 3), np.uint8)  # breastmnist is published grayscale; this file is RGB
+    np.savez(tmp_path / "breastmnist.npz", **{f"{split}_{kind}": rgb if kind == "images" else np.zeros((4, 1), np.uint8)
+                                               for split in ("train", "val", "test") for kind in ("images", "labels")})
+    config = default_config()
+    config.dataset, config.in_chans, config.data_dir = "breastmnist", 1, str(tmp_path)
+    with pytest.raises(ConfigError, match="breastmnist has 3-channel train images in its files; in_chans=1"):
+        train.prepare(config)
+
+
 def test_unknown_config_key():
     config = default_config()
     config.learning_rat = 1.0

@@ -155,6 +155,9 @@ def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Load
     """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class."""
     from medmamba_jax.checkpoints import load_model
 
+    if os.path.isfile(directory):
+        raise ToolError(f"--checkpoint takes a converted model directory, and {directory} is a file; "
+                        f"convert it first: python -m medmamba_jax.convert {directory} DIR")
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)

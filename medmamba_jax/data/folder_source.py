@@ -37,6 +37,8 @@ def _class_names(root: str, split: str) -> list[str]:
 def class_names(root: str) -> list[str]:
     """The training classes, which define the label indices for every split. Every reader of
     an image folder starts here, so this is where a missing root is reported."""
+    if not root:
+        raise DataError("no image-folder root: set --config.data_dir=ROOT, with images in ROOT/train/<class>/*.png")
     path = os.path.expanduser(root)
     if not os.path.isdir(path):
         raise DataError(f"image-folder root {path!r} is not a directory (expected {path}/train/<class>/*.png)")

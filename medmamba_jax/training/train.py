@@ -58,14 +58,19 @@ class Run:
         return self.stream.steps_per_epoch
 
 
+def _check_channels(config, channels: int, what: str) -> None:
+    if not data_lib.channels_fit(channels, int(config.in_chans)):
+        raise ConfigError(f"{config.dataset} has {channels}-channel {what}; in_chans={config.in_chans} cannot take them")
+
+
 def prepare(config) -> Run:
     """Validates the config, loads the data and builds (and maybe initialises) the model."""
     config_lib.validate(config)
     info = data_lib.dataset_info(config)
-    if not data_lib.channels_fit(info["n_channels"], int(config.in_chans)):
-        raise ConfigError(f"{config.dataset} has {info['n_channels']}-channel images; "
-                          f"in_chans={config.in_chans} cannot take them")
+    _check_channels(config, info["n_channels"], "images")  # as published, before any data loads
     splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
+    for split, (images, _) in splits.items():  # as stored: a file may differ from the published set
+        _check_channels(config, images.shape[-1], f"{split} images in its files")
     mesh = sharding.make_mesh()
     k = int(config.grad_accum_steps)
     micro = int(config.batch_size) // k
