@@ -210,6 +210,7 @@ def test_flops_command(capsys):
 
 def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
     from medmamba_jax import convert
+    from medmamba_jax.checkpoints import load_model
     from numerics import DATA
 
     converted = str(tmp_path / "converted")
@@ -219,3 +220,8 @@ def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, cap
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(entry["class"] for entry in line["top_k"]) == ["a", "b", "c", "d", "e"]
     assert sum(entry["probability"] for entry in line["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    capsys.readouterr()
+    tiny_side = load_model(converted).config.min_image_size
+    argv[3] = str(tiny_side - 1)
+    assert run(predict.main, [*argv, sample_images["rgb.png"]]) == 1
+    assert f"below this model's minimum, {tiny_side}" in capsys.readouterr().err

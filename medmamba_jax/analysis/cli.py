@@ -162,6 +162,8 @@ def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Load
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)
     model.eval()
+    if image_size < model.config.min_image_size:
+        raise ToolError(f"--image-size {image_size} is below this model's minimum, {model.config.min_image_size}")
     names = _label_names(labels, int(model.config.num_classes))
     return Loaded(model, names, "multi-class", int(image_size), int(model.config.in_chans), int(image_size))
 
