@@ -7,6 +7,7 @@ the same program skip compilation.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,16 +79,21 @@ def test_smoke_run_of_train_py(reference_run):
     assert model.config.num_classes == 9 and loaded_config.dims == (8, 16)
 
 
+def _latest_steps(workdir) -> list[int]:
+    """The steps of the workdir's 'latest' checkpoints, as directories on disk (none yet: [])."""
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    return sorted(int(d) for d in os.listdir(latest) if d.isdigit()) if os.path.isdir(latest) else []
+
+
 def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess.CompletedProcess:
     """Runs the reference run's command in ``workdir`` and sends ``sig`` once a checkpoint at
     ``step`` or later exists; returns the stopped process's status and stderr."""
     proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={data_dir}", *RUN_ARGS), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    latest = os.path.join(workdir, "checkpoints", "latest")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        steps = [int(d) for d in os.listdir(latest) if d.isdigit()] if os.path.isdir(latest) else []
-        if steps and max(steps) >= step:
+        steps = _latest_steps(workdir)
+        if steps and steps[-1] >= step:
             break
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -141,22 +147,6 @@ def test_two_processes_give_the_losses_of_one(reference_run, fake_medmnist_dir, 
     _assert_losses_match_reference(workdir, reference_run)
 
 
-def test_corrupt_newest_checkpoint_falls_back(reference_run, tmp_path, capsys):
-    import shutil
-
-    workdir = str(tmp_path / "copy")
-    shutil.copytree(reference_run[0], workdir)
-    latest = os.path.join(workdir, "checkpoints", "latest")
-    newest = max(int(d) for d in os.listdir(latest) if d.isdigit())
-    for root, _, files in os.walk(os.path.join(latest, str(newest), "model")):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"garbage")
-    model, _ = load_trained(workdir, "latest")
-    assert f"{newest} is unreadable" in capsys.readouterr().err
-    assert model.config.dims == (8, 16)
-
-
 def _tree(workdir) -> dict[str, bytes]:
     """Every file under ``workdir`` by relative path, with its contents."""
     files = {}
@@ -168,15 +158,31 @@ def _tree(workdir) -> dict[str, bytes]:
     return files
 
 
+def _corrupt_weights(workdir, steps) -> None:
+    """Overwrites every file of the model item of these 'latest' checkpoints with garbage."""
+    for step in steps:
+        for root, _, names in os.walk(os.path.join(workdir, "checkpoints", "latest", str(step), "model")):
+            for name in names:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+
+
 @pytest.fixture
 def reference_copy(reference_run, tiny_config, tmp_path):
     """A copy of the reference workdir, and tiny_config set as the reference run was."""
-    import shutil
-
     workdir = str(tmp_path / "copy")
     shutil.copytree(reference_run[0], workdir)
     tiny_config.num_epochs, tiny_config.checkpoint_every_steps, tiny_config.lr_milestones = 2, 2, (1,)
     return workdir, tiny_config
+
+
+def test_corrupt_newest_checkpoint_falls_back(reference_copy, capsys):
+    workdir, _ = reference_copy
+    newest = _latest_steps(workdir)[-1]
+    _corrupt_weights(workdir, [newest])
+    model, _ = load_trained(workdir, "latest")
+    assert f"{newest} is unreadable" in capsys.readouterr().err
+    assert model.config.dims == (8, 16)
 
 
 def test_resuming_with_other_settings_is_refused_before_anything_is_written(reference_copy):
@@ -213,12 +219,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_restarting_it(reference_
 
     workdir, config = reference_copy
     results = _tree(workdir)["results.json"]
-    latest = os.path.join(workdir, "checkpoints", "latest")
-    for root, _, names in os.walk(latest):
-        for name in names:
-            if "model" in root.split(os.sep):
-                with open(os.path.join(root, name), "wb") as f:
-                    f.write(b"garbage")
+    _corrupt_weights(workdir, _latest_steps(workdir))
     with pytest.raises(TrainingError, match=r"no checkpoint in .*latest can be read"):
         train_and_evaluate(config, workdir)
     assert capsys.readouterr().err.count("is unreadable") == 2
