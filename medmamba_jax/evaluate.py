@@ -24,10 +24,9 @@ PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.parser_for("medmamba_jax.evaluate", __doc__)
     cli.add_model_args(parser, checkpoint_ok=False)
-    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    cli.add_split_args(parser)
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT)")
     cli.add_batch_size(parser, 64)
-    parser.add_argument("--limit", type=cli.int_at_least(0), default=0, help="evaluate only the first N images (default: all)")
     return parser.parse_args(argv)
 
 
@@ -73,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli.resolve_split(args.split)  # fail on a bad split before loading anything
     loaded = cli.from_workdir(args.workdir, args.which)
-    images, labels = cli.load_split(loaded, args.split, args.limit)
+    images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)

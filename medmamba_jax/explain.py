@@ -37,9 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cam.add_argument("--target", help="class name or index to explain (default: the predicted class)")
     tsne = commands.add_parser("tsne", help="t-SNE of pooled features of a split, coloured by class")
     cli.add_model_args(tsne, checkpoint_ok=False)
-    tsne.add_argument("--split", default="test", help="train, val or test (default: test)")
+    cli.add_split_args(tsne, limit_default=2000)
     tsne.add_argument("--out", required=True, help="output directory for tsne.png and tsne.json")
-    tsne.add_argument("--limit", type=cli.int_at_least(0), default=2000, help="embed at most N images (default: 2000)")
     tsne.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
     cli.add_batch_size(tsne, 64)
     tsne.add_argument("--seed", type=int, default=0, help="t-SNE random state (default: 0)")
@@ -153,7 +152,7 @@ def run_tsne(args: argparse.Namespace) -> int:
 
     cli.resolve_split(args.split)
     loaded = cli.from_workdir(args.workdir, args.which)
-    images, labels = cli.load_split(loaded, args.split, args.limit)
+    images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     if len(images) < 5:
         raise cli.ToolError(f"t-SNE needs at least 5 images; the {args.split} split has {len(images)}")
     features = pooled_features(loaded, images, args.batch_size)

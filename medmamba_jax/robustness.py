@@ -26,9 +26,8 @@ from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.parser_for("medmamba_jax.robustness", __doc__)
     cli.add_model_args(parser, checkpoint_ok=False)
+    cli.add_split_args(parser)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--limit", type=cli.int_at_least(0), default=0, help="use only the first N images (default: all)")
     cli.add_batch_size(parser, 64)
     parser.add_argument("--no-medmnistc", action="store_true", help="skip the MedMNIST-C corruptions")
     return parser.parse_args(argv)
@@ -115,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli.resolve_split(args.split)
     loaded = cli.from_workdir(args.workdir, args.which)
-    images, labels = cli.load_split(loaded, args.split, args.limit)
+    images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     images = np.asarray(images)
     table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc)
     table.update(split=args.split, dataset=loaded.config.dataset)

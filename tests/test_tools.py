@@ -167,6 +167,21 @@ def test_missing_workdir(tmp_path, capsys):
     assert f"convert it first: python -m medmamba_jax.convert {pth} DIR" in capsys.readouterr().err
 
 
+def test_a_moved_dataset_is_named_and_found_with_data_dir(tools_workdir, tmp_path, capsys):
+    workdir = str(tmp_path / "copied")
+    shutil.copytree(tools_workdir, workdir)
+    config_path = os.path.join(workdir, "config.json")
+    config = json.load(open(config_path))
+    data_dir, config["data_dir"] = config["data_dir"], str(tmp_path / "gone")
+    json.dump(config, open(config_path, "w"))
+    assert run(evaluate.main, ["--workdir", workdir, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "not found" in err and "pass --data-dir if it moved" in err and len(err.strip().splitlines()) == 1
+    assert run(evaluate.main, ["--workdir", workdir, "--out", str(tmp_path / "b"), "--data-dir", data_dir]) == 0
+    metrics = json.load(open(tmp_path / "b" / "metrics.json"))
+    assert metrics["accuracy"] == pytest.approx(json.load(open(os.path.join(workdir, "results.json")))["accuracy"])
+
+
 def test_unknown_split_on_trained_workdir(tools_workdir, tmp_path, capsys):
     assert run(explain.main, ["tsne", "--workdir", tools_workdir, "--split", "validation", "--out", str(tmp_path)]) == 1
     assert "unknown split 'validation'" in capsys.readouterr().err

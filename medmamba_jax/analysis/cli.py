@@ -114,6 +114,16 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
                             "or a text file with one name per line (default: class_0, class_1, ...)")
 
 
+def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0) -> None:
+    """``--split``, ``--limit`` and ``--data-dir``: which images of a workdir's dataset to use."""
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    shown = f"{limit_default}" if limit_default else "all"
+    parser.add_argument("--limit", type=int_at_least(0), default=limit_default,
+                        help=f"use at most the first N images (default: {shown})")
+    parser.add_argument("--data-dir", help="where the dataset is now, if it moved since training "
+                        "(default: the workdir's config.data_dir)")
+
+
 def load(args: argparse.Namespace) -> Loaded:
     """The model and its data description named by ``add_model_args`` options."""
     if getattr(args, "checkpoint", None):
@@ -176,13 +186,23 @@ def resolve_split(split: str) -> str:
     return split
 
 
-def load_split(loaded: Loaded, split: str, limit: int | None = None):
-    """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given."""
+def load_split(loaded: Loaded, split: str, limit: int | None = None, data_dir: str | None = None):
+    """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given,
+    read from ``data_dir`` instead of the training config's if given."""
     from medmamba_jax.data import load_split as data_load_split
+    from medmamba_jax.data.errors import DataError
 
     if loaded.config is None:
         raise ToolError("this command needs a dataset: use --workdir, not --checkpoint")
-    images, labels = data_load_split(loaded.config, resolve_split(split))
+    config = loaded.config.copy_and_resolve_references()
+    if data_dir:
+        with config.unlocked():
+            config.data_dir = os.path.expanduser(data_dir)
+    try:
+        images, labels = data_load_split(config, resolve_split(split))
+    except DataError as err:
+        hint = "" if data_dir else f" (the training data_dir, {config.data_dir}; pass --data-dir if it moved)"
+        raise ToolError(f"{str(err).splitlines()[0]}{hint}") from err
     if limit:
         images, labels = images[:limit], labels[:limit]
     return images, labels
