@@ -71,7 +71,6 @@ def run_all(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray, batch_si
         found = perturb.medmnistc_corruptions(loaded.config.dataset)
         if isinstance(found, str):
             skipped["medmnistc"] = found
-            print(f"note: {found}", file=sys.stderr)
         else:
             extra = found
     clean = score(images)

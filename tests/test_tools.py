@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -131,9 +132,13 @@ def test_explain_tsne(tools_workdir, tmp_path):
     assert np.asarray(embedding["points"]).shape == (16, 2) and np.isfinite(embedding["points"]).all()
 
 
-def test_robustness(tools_workdir, tmp_path):
+def test_robustness(tools_workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "medmnistc", None)  # as if not installed
     out = str(tmp_path / "robust")
     assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 0
+    captured = capsys.readouterr()
+    notices = [line for line in (captured.out + captured.err).splitlines() if "not installed" in line]
+    assert len(notices) == 1, notices  # said once, in the closing summary
     table = json.load(open(os.path.join(out, "robustness.json")))
     assert set(table["perturbations"]) == {"rotation", "translation", "colour_temperature", "gaussian_noise",
                                            "blur", "contrast"}
