@@ -1,4 +1,8 @@
-"""Fast pieces of training: the schedule's boundaries, gradient accumulation, config checks, CLI errors."""
+"""Fast pieces of training: the schedule's boundaries, gradient accumulation, config checks, CLI errors,
+TensorBoard records."""
+
+import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +10,7 @@ import optax
 import pytest
 
 from conftest import run_train
-from medmamba_jax.training import model_init, optim, train
+from medmamba_jax.training import model_init, optim, reporting, train
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError
 
@@ -112,3 +116,27 @@ def test_cli_unknown_config_override_fails(tmp_path):
     result = run_train(workdir, "--config.learning_rat=0.1")
     assert result.returncode == 1 and not workdir.exists() and "Traceback" not in result.stderr
     assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr
+
+
+def _tensorboard_points(workdir) -> list[tuple[str, int]]:
+    """(tag, step) of every scalar in the workdir's TensorBoard event files, read with TensorFlow."""
+    import glob
+
+    import tensorflow as tf
+
+    files = glob.glob(os.path.join(workdir, "tensorboard", "**", "events.*"), recursive=True)
+    return sorted((value.tag, event.step) for path in files for event in tf.compat.v1.train.summary_iterator(path)
+                  for value in event.summary.value)
+
+
+def test_rerunning_a_finished_run_leaves_one_test_result_in_tensorboard(tmp_path):
+    workdir = str(tmp_path)
+    first = reporting.Reporter(workdir)
+    first.write("train", 6, 0, {"loss": 1.0})
+    first.write("test", 4, 0, {"accuracy": 0.5})
+    first.close()
+    rerun = reporting.Reporter(workdir, resumed_step=6)  # nothing left to train: only the test again
+    rerun.write("test", 4, 0, {"accuracy": 0.5})
+    rerun.close()
+    assert _tensorboard_points(workdir) == [("test/accuracy", 4), ("train/loss", 6)]
+    assert [r["split"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))] == ["train", "test"]

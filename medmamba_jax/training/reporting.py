@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -18,7 +19,9 @@ class Reporter:
     """Appends ``{"step", "epoch", "split", **scalars}`` lines to W/metrics.jsonl and to TensorBoard.
 
     A run resumed at ``resumed_step`` writes again what came after that step, and its test
-    results: those records are dropped from metrics.jsonl and hidden from TensorBoard.
+    results: those records are dropped from metrics.jsonl and hidden from TensorBoard. Test
+    scalars go to their own TensorBoard run, W/tensorboard/test, which each test replaces, so
+    re-running a finished run (or one given more epochs) shows one test result, not two.
     """
 
     def __init__(self, workdir: str, enabled: bool = True, resumed_step: int | None = None):
@@ -32,7 +35,10 @@ class Reporter:
             _keep_records(path, lambda r: r["step"] <= resumed_step and r["split"] != "test")
         self._jsonl = open(path, "a")
         purge = None if resumed_step is None else resumed_step + 1
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+        self._tb_dir = os.path.join(workdir, "tensorboard")
+        # tensorboardX names event files by the second and opens them with "wb": a run restarted
+        # within the same second would otherwise erase the previous run's events.
+        self._tb = SummaryWriter(self._tb_dir, purge_step=purge, filename_suffix=f".{time.time_ns()}")
 
     def write(self, split: str, step: int, epoch: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -40,9 +46,21 @@ class Reporter:
         record = {"step": step, "epoch": epoch, "split": split, **scalars}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        if split == "test":
+            self._replace_test_run(step, scalars)
+            return
         for name, value in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         self._tb.flush()
+
+    def _replace_test_run(self, step: int, scalars: dict[str, float]) -> None:
+        from tensorboardX import SummaryWriter
+
+        test_dir = os.path.join(self._tb_dir, "test")
+        shutil.rmtree(test_dir, ignore_errors=True)
+        with SummaryWriter(test_dir) as writer:
+            for name, value in scalars.items():
+                writer.add_scalar(f"test/{name}", value, step)
 
     def close(self) -> None:
         if self.enabled:
