@@ -3,6 +3,7 @@ TensorBoard records."""
 
 import json
 import os
+import signal
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ import optax
 import pytest
 
 from conftest import run_train
-from medmamba_jax.training import model_init, optim, reporting, train
+from medmamba_jax.training import checkpointing, model_init, optim, reporting, train
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError
 
@@ -140,3 +141,19 @@ def test_rerunning_a_finished_run_leaves_one_test_result_in_tensorboard(tmp_path
     rerun.close()
     assert _tensorboard_points(workdir) == [("test/accuracy", 4), ("train/loss", 6)]
     assert [r["split"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))] == ["train", "test"]
+
+
+def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path, capsys):
+    manager = checkpointing.managers(str(tmp_path))["latest"]
+    write = manager.save
+
+    def interrupted_save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives as Orbax starts writing
+        return write(*args, **kwargs)
+
+    manager.save = interrupted_save
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.save(manager, 3, {"w": jnp.ones((4,))}, {"step": 3})
+    assert checkpointing.has_checkpoint(str(tmp_path)) and os.listdir(manager.directory) == ["3"]
+    assert "finishing the checkpoint being written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -12,7 +12,7 @@ The workdir contract, relied on by the evaluation tools::
     W/results.json          test metrics of the best checkpoint: accuracy, auc, precision,
                             sensitivity, specificity, f1, per-class lists, step, epoch
     W/metrics.jsonl         one JSON object per log event: {"step", "epoch", "split", ...}
-    W/tensorboard/          TensorBoard event files (train/*, val/*, test/*)
+    W/tensorboard/          TensorBoard event files (train/*, val/*; test/* in the run W/tensorboard/test)
 
 ``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
 Each JSON file is written to a temporary name and renamed, and Orbax finalises a
@@ -21,11 +21,14 @@ checkpoint only once it is complete, so a killed run never leaves a half-written
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -64,13 +67,42 @@ def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:
 
 def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt_state=None) -> None:
     """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps)."""
-    if step in manager.all_steps():
-        manager.delete(step)
     items = {"model": ocp.args.StandardSave(model_state), "meta": ocp.args.JsonSave(meta)}
     if opt_state is not None:
         items["opt"] = ocp.args.StandardSave(opt_state)
-    manager.save(step, args=ocp.args.Composite(**items))
-    manager.wait_until_finished()
+    with interrupts_deferred("finishing the checkpoint being written"):
+        if step in manager.all_steps():
+            manager.delete(step)
+        manager.save(step, args=ocp.args.Composite(**items))
+        manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def interrupts_deferred(doing: str) -> Iterator[None]:
+    """Holds a Ctrl-C (SIGINT) until the block ends, then delivers it; a second Ctrl-C is
+    delivered at once. A save cut off midway leaves a temporary directory behind and Orbax's
+    worker threads printing tracebacks over the one-line "interrupted" message."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can set signal handlers, and only it receives signals
+        return
+    caught: list[int] = []
+
+    def hold(signum, frame):
+        if caught:
+            signal.signal(signal.SIGINT, previous)
+            signal.raise_signal(signum)
+            return
+        caught.append(signum)
+        print(f"\ninterrupt: {doing} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
 
 
 def has_checkpoint(workdir: str, kind: str = "latest") -> bool:
