@@ -9,36 +9,35 @@ The architecture is inferred from the tensor shapes.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import Sequence
 
 from medmamba_jax.analysis import cli
 from medmamba_jax.checkpoints import save_model
 from medmamba_jax.models import count_params
-from medmamba_jax.params import CheckpointError, from_torch
+from medmamba_jax.params import from_torch
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmamba_jax.convert",
-        description="Convert an upstream MedMamba .pth state dict into a medmamba-jax model directory.",
-    )
+def _convert(argv: Sequence[str] | None) -> int:
+    parser = cli.parser_for("medmamba_jax.convert", __doc__)
     parser.add_argument("checkpoint", help="upstream .pth file (torch.save(model.state_dict()))")
     parser.add_argument("out_dir", help="directory to write model_config.json and the Orbax state into")
     args = parser.parse_args(argv)
+    cli.writable_dir(args.out_dir)
     try:
-        cli.writable_dir(args.out_dir)
         model = from_torch(args.checkpoint)
-    except (cli.ToolError, CheckpointError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ImportError as err:  # torch is missing: its message says how to install it
+        raise cli.ToolError(str(err)) from None
     out = save_model(args.out_dir, model)
     cfg = model.config
-    print(
-        f"wrote {out}: depths={cfg.depths} dims={cfg.dims} d_state={cfg.d_state} "
-        f"num_classes={cfg.num_classes} in_chans={cfg.in_chans} params={count_params(model):,}"
-    )
+    print(f"wrote {out}: depths={cfg.depths} dims={cfg.dims} d_state={cfg.d_state} "
+          f"num_classes={cfg.num_classes} in_chans={cfg.in_chans} params={count_params(model):,}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medmamba_jax.convert IN.pth OUT_DIR``; returns the exit status."""
+    return cli.run(_convert, argv)
 
 
 if __name__ == "__main__":
