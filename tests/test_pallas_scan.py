@@ -145,6 +145,14 @@ class PallasScanTest(unittest.TestCase):
         for name, g in got[1].items():
             self.assert_close(g, want[1][name], 1e-5, f"grad {name}")
 
+    def test_cross_scan_without_skip_and_bias(self):
+        batch, dim, n, length = 1, 8, 4, 9
+        u, delta, A, B, C, _, _ = random_inputs(self.rng, batch, 4, dim, n, length, extras=False)
+        minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
+        args = (minor(u)[:, :2], minor(delta), A, B, C, None, None)
+        want = cross_selective_scan(*args, impl="reference")
+        self.assert_close(cross_selective_scan_pallas(*args, config=SMALL), want, 1e-5, "y")
+
     def test_medmamba_forward_matches_associative(self):
         from flax import nnx
 
@@ -165,6 +173,42 @@ class PallasScanTest(unittest.TestCase):
 
 class PallasScanInterpretTest(PallasScanTest):
     INTERPRET = True
+
+
+class ScanInputChecksTest(unittest.TestCase):
+    """Inputs and settings that must give a clear error or the reference's answer, not a crash."""
+
+    def test_bad_config_values_are_named(self):
+        for text, named in (("ckpt=0", "ckpt_segs=0"), ("warps=3", "num_warps=3"), ("bwd_warps=0", "bwd_warps=0"),
+                            ("seg=0", "seg=0"), ("prefetch=2", "prefetch=2"), ("bc_rows=7", "bc_rows=7")):
+            with self.assertRaisesRegex(ValueError, f"bad ScanConfig: {named} "):
+                ScanConfig.parse(text)
+
+    def test_cross_scan_needs_one_b_and_c_per_direction(self):
+        rng = np.random.default_rng()
+        batch, dim, n, length = 1, 4, 2, 5
+        for groups in (1, 2):
+            u, delta, A, B, C, D, bias = random_inputs(rng, batch, 4, dim, n, length)
+            minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
+            for impl in ("reference", "associative", "pallas"):
+                with self.assertRaisesRegex(ValueError, "one group per direction"):
+                    cross_selective_scan(minor(u)[:, :2], minor(delta), A, B[:, :groups], C[:, :groups], D, bias,
+                                         impl=impl)
+
+    def test_empty_sequences_give_empty_outputs(self):
+        args = random_inputs(np.random.default_rng(), 2, 2, 4, 3, 0)
+        y = selective_scan_pallas(*args, delta_softplus=True)
+        self.assertEqual((y.shape, y.dtype), ((2, 8, 0), jnp.float32))
+        grads = jax.grad(lambda u: jnp.sum(selective_scan_pallas(u, *args[1:])))(args[0])
+        self.assertEqual(grads.shape, args[0].shape)
+
+    def test_softplus_derivative_is_finite_at_infinite_delta(self):
+        from medmamba_jax.ops.pallas_kernels import _dt
+
+        x = jnp.array([-jnp.inf, -80.0, -3.0, 0.0, 3.0, 80.0, jnp.inf])
+        dt, slope = _dt(x, jnp.zeros_like(x), softplus=True)
+        np.testing.assert_allclose(dt, jax.nn.softplus(x), rtol=1e-6)
+        np.testing.assert_allclose(slope, jax.nn.sigmoid(x), rtol=1e-6)
 
 
 class TritonLoweringTest(unittest.TestCase):

@@ -99,8 +99,9 @@ def _dt(raw: jax.Array, bias: jax.Array, softplus: bool):
     x = raw + bias
     if not softplus:
         return x, 1.0
-    sp = jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
-    return sp, jnp.exp(x - sp)  # sigmoid(x) = e^x / (1 + e^x) = exp(x - softplus(x))
+    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    # sigmoid(x) = exp(x - softplus(x)) = exp(min(x, 0) - tail): no inf - inf at x = +inf
+    return jnp.maximum(x, 0.0) + tail, jnp.exp(jnp.minimum(x, 0.0) - tail)
 
 
 def _direction(geo: Geometry):

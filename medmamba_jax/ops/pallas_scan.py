@@ -65,6 +65,22 @@ class ScanConfig:
     # broadcast through shared memory each step: fewer registers, more instructions.
     prefetch: int = 0
 
+    def __post_init__(self):
+        warp_counts = (1, 2, 4, 8, 16, 32)  # Triton launches a power of two of warps
+        rules = {
+            "tile": (self.tile >= 1, "at least 1"),
+            "seg": (self.seg >= 1, "at least 1"),
+            "ckpt_segs": (self.ckpt_segs >= 1, "at least 1"),
+            "num_warps": (self.num_warps in warp_counts, "a power of two, 1 to 32"),
+            "bwd_tile": (self.bwd_tile is None or self.bwd_tile >= 1, "at least 1, or None"),
+            "bwd_warps": (self.bwd_warps is None or self.bwd_warps in warp_counts, "a power of two, 1 to 32, or None"),
+            "bc_rows": (self.bc_rows in (0, 1), "0 or 1"),
+            "prefetch": (self.prefetch in (0, 1), "0 or 1"),
+        }
+        bad = [f"{name}={getattr(self, name)} (must be {rule})" for name, (ok, rule) in rules.items() if not ok]
+        if bad:
+            raise ValueError(f"bad ScanConfig: {', '.join(bad)}")
+
     def tile_cap(self, backward: bool) -> int:
         return (self.bwd_tile or self.tile) if backward else self.tile
 
@@ -264,10 +280,16 @@ def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
 def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, config):
     """Pads channels to the tile and N to a power of two, runs the kernel, crops y.
 
-    u: (b, Gu, L, D); delta: (b, K, L, D); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K, D).
+    u: (b, Gu, L, D); delta: (b, K, L, D); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K*D,)
+    or None (zero).
     Returns y (b, K, L, D) float32.
     """
     dim, n = delta.shape[3], A.shape[2]
+    if 0 in u.shape:  # no positions, channels or batch: nothing to scan, and a grid cannot be empty
+        return jnp.zeros(delta.shape, jnp.float32)
+    zeros = jnp.zeros((groups, dim), jnp.float32)
+    D = zeros if D is None else D.reshape(groups, dim)
+    bias = zeros if bias is None else bias.reshape(groups, dim)
     # Both tiles are powers of two, so padding to the larger one suits both kernels.
     widest = max(_pow2_tile(dim, config.tile_cap(backward)) for backward in (False, True))
     dp = -(-dim // widest) * widest
@@ -290,13 +312,9 @@ def selective_scan_pallas(
     D, delta_bias: (K*D,) or None. Returns y (b, K*D, L) float32.
     ``config`` None means the module's DEFAULT_CONFIG at call time."""
     batch, groups, dim, n, length = check_shapes(u, delta, A, B, C, D, delta_bias)
-    zeros = jnp.zeros((groups * dim,), jnp.float32)
-    D = zeros if D is None else D
-    delta_bias = zeros if delta_bias is None else delta_bias
     channels_minor = lambda x: jnp.swapaxes(x.reshape(batch, groups, dim, length), 2, 3)  # noqa: E731
     y = _grouped_call(
-        channels_minor(u), channels_minor(delta), A.reshape(groups, dim, n), B, C,
-        D.reshape(groups, dim), delta_bias.reshape(groups, dim),
+        channels_minor(u), channels_minor(delta), A.reshape(groups, dim, n), B, C, D, delta_bias,
         groups=groups, softplus=delta_softplus, rev_from=groups, config=config or DEFAULT_CONFIG,
     )  # fmt: skip
     return jnp.swapaxes(y, 2, 3).reshape(batch, groups * dim, length)
@@ -306,10 +324,10 @@ def cross_selective_scan_pallas(
     u2, delta, A, B, C, D, delta_bias, config: ScanConfig | None = None
 ) -> jax.Array:
     """SS2D scan. u2: (b, 2, L, D); delta: (b, 4, L, D); A: (4D, N); B, C: (b, 4, N, L);
-    D, delta_bias: (4D,). Direction k reads u2[:, k % 2]; k = 2, 3 run from the end.
+    D, delta_bias: (4D,) or None. Direction k reads u2[:, k % 2]; k = 2, 3 run from the end.
     All in forward order. Returns y (b, 4, L, D) float32."""
     batch, length, dim = check_cross_shapes(u2, delta, A, B, C, D, delta_bias)
     return _grouped_call(
-        u2, delta, A.reshape(4, dim, -1), B, C, D.reshape(4, dim), delta_bias.reshape(4, dim),
+        u2, delta, A.reshape(4, dim, -1), B, C, D, delta_bias,
         groups=4, softplus=True, rev_from=2, config=config or DEFAULT_CONFIG,
     )  # fmt: skip

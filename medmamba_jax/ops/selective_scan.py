@@ -76,6 +76,8 @@ def check_cross_shapes(u2, delta, A, B, C, D, delta_bias) -> tuple[int, int, int
     batch, _, length, dim = u2.shape
     if delta.shape != (batch, 4, length, dim):
         raise ValueError(f"delta must be ({batch}, 4, {length}, {dim}), got {delta.shape}")
+    if B.ndim != 4 or B.shape[1] != 4:  # one B and C per direction: fewer groups is another layer
+        raise ValueError(f"B must be ({batch}, 4, N, {length}), one group per direction, got {B.shape}")
     mamba_layout = jax.ShapeDtypeStruct((batch, 4 * dim, length), delta.dtype)
     check_shapes(mamba_layout, mamba_layout, A, B, C, D, delta_bias)
     return batch, length, dim
