@@ -149,35 +149,48 @@ def _as_numpy_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
     arrays = {}
     for key, value in obj.items():
         key = key[len("module."):] if key.startswith("module.") else key  # DataParallel
-        arrays[key] = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+            # NumPy has no bfloat16; float32 holds bf16 and fp16 weights exactly
+            value = value.float() if value.is_floating_point() and value.element_size() < 4 else value
+            value = value.numpy()
+        arrays[key] = np.asarray(value)
     return arrays
 
 
 def infer_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MedMambaConfig:
-    """Depths, dims, d_state, classes, channels and patch size from the tensor shapes."""
-    block = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.")
+    """Depths, dims, d_state, classes, channels and patch size from the tensor shapes.
+
+    A stage is any ``layers.<i>.`` prefix, and one more after a stage with a patch merging;
+    one without blocks (depth 0) takes its width from its patch merging, or from a
+    neighbour's, since each stage doubles the one before."""
     depth_of: dict[int, int] = {}
     for key in state_dict:
-        match = block.match(key)
-        if match:
-            stage, index = int(match[1]), int(match[2])
-            depth_of[stage] = max(depth_of.get(stage, 0), index + 1)
-    required = ["patch_embed.proj.weight"] + [f"layers.{s}.blocks.0.ln_1.weight" for s in depth_of]
-    missing = [k for k in required if k not in state_dict]
-    if not depth_of or missing:
-        raise CheckpointError(
-            "not a MedMamba state dict: cannot infer the architecture"
-            + (f"; missing {missing}" if depth_of else "; no 'layers.<i>.blocks.<j>' keys")
-        )
-    stages = range(max(depth_of) + 1)
+        stage = re.match(r"layers\.(\d+)\.(?:blocks\.(\d+)\.)?", key)
+        if stage:
+            blocks = int(stage[2]) + 1 if stage[2] is not None else 0
+            depth_of[int(stage[1])] = max(depth_of.get(int(stage[1]), 0), blocks)
+    if not depth_of or "patch_embed.proj.weight" not in state_dict:
+        raise CheckpointError("not a MedMamba state dict: cannot infer the architecture; "
+                              + ("missing ['patch_embed.proj.weight']" if depth_of else "no 'layers.<i>.' keys"))
+    last = max(depth_of)
+    # Only the last stage lacks a patch merging: one after it means a last stage without blocks.
+    stages = range(last + 1 + (f"layers.{last}.downsample.norm.weight" in state_dict))
+    width_of = {s: 2 * state_dict[f"layers.{s}.blocks.0.ln_1.weight"].shape[0] for s in stages
+                if f"layers.{s}.blocks.0.ln_1.weight" in state_dict}  # ln_1 sees half the channels
+    width_of.update({s: state_dict[f"layers.{s}.downsample.norm.weight"].shape[0] // 4 for s in stages
+                     if s not in width_of and f"layers.{s}.downsample.norm.weight" in state_dict})
+    if not width_of:
+        raise CheckpointError("not a MedMamba state dict: no stage shows its width "
+                              "(no layers.<i>.blocks.0.ln_1.weight or layers.<i>.downsample.norm.weight)")
+    known = min(width_of)
+    a_logs = [k for k in sorted(state_dict) if re.fullmatch(r"layers\.\d+\.blocks\.\d+\.self_attention\.A_logs", k)]
     embed = state_dict["patch_embed.proj.weight"]
     head = state_dict.get("head.weight")
     values = dict(
         depths=tuple(depth_of.get(s, 0) for s in stages),
-        dims=tuple(2 * state_dict[f"layers.{s}.blocks.0.ln_1.weight"].shape[0] if s in depth_of else 0 for s in stages),
-        d_state=int(state_dict["layers.0.blocks.0.self_attention.A_logs"].shape[1])
-        if "layers.0.blocks.0.self_attention.A_logs" in state_dict
-        else 16,
+        dims=tuple(width_of[known] * 2**s // 2**known for s in stages),
+        d_state=int(state_dict[a_logs[0]].shape[1]) if a_logs else 16,
         num_classes=int(head.shape[0]) if head is not None else 0,
         in_chans=int(embed.shape[1]),
         patch_size=int(embed.shape[2]),

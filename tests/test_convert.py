@@ -94,15 +94,30 @@ def test_convert_command_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_architecture_is_inferred_for_other_shapes():
+@pytest.mark.parametrize("depths,dims,d_state,num_classes,in_chans", [
+    ((1, 2), (8, 16), 4, 0, 1),  # no head: the model returns pooled features
+    ((1, 0, 1), (8, 16, 32), 2, 3, 3),  # a stage without blocks keeps its patch merging
+    ((0, 1, 0), (8, 16, 32), 4, 2, 1),  # the width of the first and last stage come from others
+])
+def test_architecture_is_inferred_for_other_shapes(depths, dims, d_state, num_classes, in_chans):
     from flax import nnx
 
     from medmamba_jax.models import MedMamba
 
-    source = MedMamba((1, 2), (8, 16), d_state=4, num_classes=0, in_chans=1, rngs=nnx.Rngs(3))
+    source = MedMamba(depths, dims, d_state=d_state, num_classes=num_classes, in_chans=in_chans, rngs=nnx.Rngs(3))
     model = from_torch(to_torch_state_dict(source))
     cfg = model.config
-    assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans) == ((1, 2), (8, 16), 4, 0, 1)
-    x = np.random.default_rng().standard_normal((2, 16, 16, 1)).astype(np.float32)
+    assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans) == (
+        depths, dims, d_state, num_classes, in_chans)
+    side = cfg.min_image_size * 2
+    x = np.random.default_rng().standard_normal((2, side, side, in_chans)).astype(np.float32)
     source.eval()
-    np.testing.assert_array_equal(model(x), source(x))  # no head: pooled features
+    np.testing.assert_array_equal(model(x), source(x))
+
+
+def test_half_precision_state_dicts_load_exactly(state_dict):
+    for dtype in (torch.bfloat16, torch.float16):
+        halved = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        widened = {k: v.float() if v.is_floating_point() else v for k, v in halved.items()}
+        x = np.random.default_rng().standard_normal((1, 32, 32, 3)).astype(np.float32)
+        np.testing.assert_array_equal(from_torch(halved)(x), from_torch(widened)(x))
