@@ -81,6 +81,40 @@ def test_train_mode_uses_batch_statistics(tiny, golden):
     assert rel_err(logits, golden["logits_eval"]) > 1e-3  # the two modes really differ
 
 
+def test_batch_norm_running_statistics_follow_pytorch():
+    import torch
+
+    from medmamba_jax.models.medmamba import BatchNorm
+
+    rng = np.random.default_rng()
+    ours = BatchNorm(6, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    theirs = torch.nn.BatchNorm2d(6, momentum=0.1, eps=1e-5).double()
+    for _ in range(3):  # 2 * 4 * 3 = 24 values per channel: n / (n - 1) is a 4% difference
+        x = rng.standard_normal((2, 4, 3, 6)) * rng.uniform(0.5, 3, 6) + rng.uniform(-2, 2, 6)
+        y = ours(jnp.asarray(x, jnp.float32))
+        expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+        assert rel_err(y, expected) <= 1e-5
+    assert rel_err(ours.mean[...], theirs.running_mean.numpy()) <= 1e-6
+    assert rel_err(ours.var[...], theirs.running_var.numpy()) <= 1e-6
+    ours.eval()
+    theirs.eval()
+    x = rng.standard_normal((1, 2, 2, 6))
+    expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    assert rel_err(ours(jnp.asarray(x, jnp.float32)), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("patch_size", 0, "patch_size must be an integer >= 1, got 0"),
+    ("d_state", 2.5, "d_state must be an integer >= 1, got 2.5"),
+    ("d_state", 0, "d_state must be an integer >= 1"),
+    ("in_chans", "3", "in_chans must be an integer >= 1, got '3'"),
+    ("num_classes", -5, "num_classes must be an integer >= 0"),
+])
+def test_bad_config_fields_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        MedMamba((1, 1), (8, 16), rngs=nnx.Rngs(0), **{field: value})
+
+
 def test_scan_impls_agree_in_the_whole_model(golden):
     x = nhwc(golden["x_nchw"])
     reference = from_torch(DATA / "tiny.pth", scan_impl="reference")(x)

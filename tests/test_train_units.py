@@ -60,7 +60,7 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("depths", (), r"depths must be a non-empty sequence"),
     ("dtype", "bf16", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'bf16'"),
     ("dtype", "float64", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'float64'"),
-    ("in_chans", 0, r"in_chans must be at least 1, got 0"),
+    ("in_chans", 0, r"in_chans must be an integer >= 1, got 0"),
     ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_config_values(key, value, message):

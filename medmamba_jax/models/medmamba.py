@@ -40,6 +40,14 @@ def _int_tuple(name: str, given: Any, minimum: int) -> tuple[int, ...]:
     return ints
 
 
+def _int_at_least(name: str, given: Any, minimum: int) -> int:
+    """``given`` as a whole number >= ``minimum``, else a ValueError naming ``name``."""
+    whole = isinstance(given, (int, float, np.integer, np.floating)) and not isinstance(given, bool)
+    if not whole or not float(given).is_integer() or given < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {given!r}")
+    return int(given)
+
+
 @dataclasses.dataclass(frozen=True)
 class MedMambaConfig:
     """Everything needed to rebuild a MedMamba; JSON-serialisable through ``to_dict``."""
@@ -66,8 +74,8 @@ class MedMambaConfig:
         if any(b != 2 * a for a, b in zip(self.dims, self.dims[1:])):
             raise ValueError(f"each of dims must be twice the one before (patch merging doubles the channels), "
                              f"got {self.dims}")
-        if self.in_chans < 1:
-            raise ValueError(f"in_chans must be at least 1, got {self.in_chans}")
+        for name, minimum in (("d_state", 1), ("num_classes", 0), ("in_chans", 1), ("patch_size", 1)):
+            object.__setattr__(self, name, _int_at_least(name, getattr(self, name), minimum))
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.scan_impl not in SCAN_IMPLS:
@@ -126,12 +134,29 @@ class PatchMerging2D(nnx.Module):
         return self.reduction(self.norm(jnp.concatenate(parts, axis=-1)))
 
 
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm whose running variance moves as PyTorch's BatchNorm2d's does: towards the
+    unbiased batch variance (times n / (n - 1), n values per channel), while the batch itself is
+    normalised with the biased one. Training from the released weights then keeps upstream's
+    eval statistics. Input (..., C), normalised over every axis but the last."""
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        before = self.var[...]
+        y = super().__call__(x, use_running_average)
+        count = x.size // x.shape[-1]
+        frozen = use_running_average if use_running_average is not None else self.use_running_average
+        if not frozen and count > 1:
+            moved = self.var[...]  # momentum * before + (1 - momentum) * biased
+            self.var[...] = moved + (moved - self.momentum * before) / (count - 1)
+        return y
+
+
 class ConvBranch(nnx.Module):
     """BN -> conv3x3 -> BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv1x1 -> ReLU, channels kept."""
 
     def __init__(self, dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
         def batch_norm():  # PyTorch momentum 0.1 is Flax momentum 0.9
-            return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, rngs=rngs)
+            return BatchNorm(dim, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
         self.bn_in = batch_norm()
         self.conv1 = init.conv(dim, dim, 3, padding=1, dtype=dtype, rngs=rngs)
@@ -225,6 +250,11 @@ class MedMamba(nnx.Module):
 
     ``model.train()`` uses BatchNorm batch statistics and stochastic depth (needs a
     'dropout' RNG stream); ``model.eval()`` uses running statistics and no dropout.
+
+    With ``dtype`` bfloat16 or float16, convolutions, linears and the scan's inputs use that
+    dtype and norms compute in float32. The residual stream is then float32 in the first stage
+    (it leaves the patch embedding's LayerNorm) and the low dtype after the first patch merging
+    (its linear's output), as under ``torch.autocast`` with the upstream model.
     """
 
     def __init__(
