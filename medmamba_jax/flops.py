@@ -72,11 +72,16 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from medmamba_jax.analysis import flop_count
     from medmamba_jax.models import VARIANTS, count_params
 
-    if args.image_size < 32 or args.image_size % 32:
-        raise cli.ToolError(f"--image-size must be a positive multiple of 32 (4x patches, 3 merges), got {args.image_size}")
     overrides = {k: tuple(v) for k, v in (("depths", args.depths), ("dims", args.dims)) if v}
-    model = flop_count.abstract_model(lambda rngs: VARIANTS[name](
-        args.num_classes, rngs=rngs, scan_impl=args.scan_impl, **overrides))
+    try:
+        model = flop_count.abstract_model(lambda rngs: VARIANTS[name](
+            args.num_classes, rngs=rngs, scan_impl=args.scan_impl, **overrides))
+    except ValueError as err:  # a bad --depths/--dims/--num-classes: the config names it
+        raise cli.ToolError(str(err)) from None
+    if args.image_size < model.config.min_image_size:
+        raise cli.ToolError(f"--image-size must be at least {model.config.min_image_size} for this model "
+                            f"(patch size {model.config.patch_size}, {len(model.config.dims) - 1} merges), "
+                            f"got {args.image_size}")
     costs = flop_count.forward_costs(model, args.image_size)
     paper = PAPER[name] if not overrides and args.num_classes == 1000 and args.image_size == 224 else None
     return {

@@ -225,7 +225,13 @@ def test_flops_command(capsys):
     assert run(flops.main, argv) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert row["params"] == 73765 and row["xla_gflops"] > row["conv_matmul_gmacs"] > 0
-    assert run(flops.main, ["--image-size", "100"]) == 1
+    assert run(flops.main, [*argv[:10], "--image-size", "31"]) == 1  # the four-stage model's minimum is 32
+    assert "--image-size must be at least 32 for this model" in capsys.readouterr().err
+    assert run(flops.main, ["--depths", "1", "1", "--dims", "8", "24"]) == 1
+    assert "each of dims must be twice the one before" in capsys.readouterr().err
+    three_stages = ["--depths", "1", "1", "1", "--dims", "8", "16", "32", "--image-size", "20", "--json"]
+    assert run(flops.main, three_stages) == 0  # any side from 4 * 2**2 = 16 up, not only multiples of 32
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[0])["image_size"] == 20
 
 
 def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
