@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split before loading anything
-    loaded = cli.from_workdir(args.workdir, args.which)
+    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)

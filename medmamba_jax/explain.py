@@ -151,7 +151,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     from medmamba_jax.analysis import plots
 
     cli.resolve_split(args.split)
-    loaded = cli.from_workdir(args.workdir, args.which)
+    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     if len(images) < 5:
         raise cli.ToolError(f"t-SNE needs at least 5 images; the {args.split} split has {len(images)}")

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)
-    loaded = cli.from_workdir(args.workdir, args.which)
+    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
     images = np.asarray(images)
     table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc)

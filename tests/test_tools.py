@@ -251,3 +251,54 @@ def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, cap
     argv[3] = str(tiny_side - 1)
     assert run(predict.main, [*argv, sample_images["rgb.png"]]) == 1
     assert f"below this model's minimum, {tiny_side}" in capsys.readouterr().err
+
+
+def _as_folder_workdir(tools_workdir, tmp_path, names, saved_names: bool):
+    """A copy of the tools workdir relabelled as trained on an image folder of ``names``
+    (train/<name>/0.png each, test images of the 4th and 6th class), with or without the
+    dataset.json that training now writes."""
+    from PIL import Image
+
+    workdir, root = tmp_path / "folder_run", tmp_path / "folder_data"
+    shutil.copytree(tools_workdir, workdir)
+    for split, classes in (("train", names), ("test", [names[3], names[5]])):
+        for name in classes:
+            os.makedirs(root / split / name)
+            Image.fromarray(np.full((20, 20, 3), 40, np.uint8)).save(root / split / name / "0.png")
+    config = json.load(open(workdir / "config.json"))
+    config.update(dataset="folder", data_dir=str(root))
+    json.dump(config, open(workdir / "config.json", "w"))
+    info = {"task": "multi-class", "label_names": names, "n_channels": 3, "num_classes": len(names),
+            "multi_label": False}
+    if saved_names:
+        json.dump(info, open(workdir / "dataset.json", "w"))
+    else:
+        os.remove(workdir / "dataset.json")
+    return str(workdir), root
+
+
+def test_a_folder_workdir_names_classes_as_trained_when_the_folder_changes(tools_workdir, sample_images, tmp_path,
+                                                                           capsys):
+    names = [f"tissue{i}" for i in range(PATHMNIST_CLASSES)]
+    assert json.load(open(os.path.join(tools_workdir, "dataset.json")))["num_classes"] == PATHMNIST_CLASSES
+    workdir, root = _as_folder_workdir(tools_workdir, tmp_path, names, saved_names=True)
+    os.makedirs(root / "train" / "aaa_new")  # sorts first: read from the folder, every index would shift
+    assert run(predict.main, ["--workdir", workdir, "--top-k", "9", sample_images["rgb.png"]]) == 0
+    top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top_k"]
+    assert all(entry["class"] == names[entry["index"]] for entry in top)
+    moved = tmp_path / "moved_data"
+    shutil.move(root, moved)
+    out = tmp_path / "eval"
+    assert run(evaluate.main, ["--workdir", workdir, "--out", str(out), "--data-dir", str(moved)]) == 0
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["label_names"] == names and metrics["support"] == [0, 0, 0, 1, 0, 1, 0, 0, 0]
+
+
+def test_a_workdir_without_saved_classes_refuses_a_changed_folder(tools_workdir, sample_images, tmp_path, capsys):
+    names = [f"tissue{i}" for i in range(PATHMNIST_CLASSES)]
+    workdir, root = _as_folder_workdir(tools_workdir, tmp_path, names, saved_names=False)
+    assert run(predict.main, ["--workdir", workdir, sample_images["rgb.png"]]) == 0  # the folder still fits
+    capsys.readouterr()
+    os.makedirs(root / "train" / "aaa_new")
+    assert run(predict.main, ["--workdir", workdir, sample_images["rgb.png"]]) == 1
+    assert "the dataset has 10 classes but the model outputs 9" in capsys.readouterr().err

@@ -157,3 +157,12 @@ def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path,
     assert checkpointing.has_checkpoint(str(tmp_path)) and os.listdir(manager.directory) == ["3"]
     assert "finishing the checkpoint being written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resuming_with_other_dataset_classes_is_refused(tools_workdir):
+    config = checkpointing.read_config(tools_workdir)
+    info = checkpointing.read_dataset_info(tools_workdir)
+    train.check_same_run(config, tools_workdir, info)  # the classes it was trained on
+    renamed = {**info, "label_names": info["label_names"][::-1]}  # e.g. an image folder's class folders changed
+    with pytest.raises(ConfigError, match="the dataset's classes changed since .* was trained"):
+        train.check_same_run(config, tools_workdir, renamed)

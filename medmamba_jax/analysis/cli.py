@@ -131,21 +131,49 @@ def load(args: argparse.Namespace) -> Loaded:
     return from_workdir(args.workdir, args.which)
 
 
-def from_workdir(workdir: str, which: str = "best") -> Loaded:
-    """The trained model of a train.py workdir, with its dataset's class names and task."""
-    from medmamba_jax.data import dataset_info
-    from medmamba_jax.training.checkpointing import load_trained
+def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None) -> Loaded:
+    """The trained model of a train.py workdir, with its dataset's class names and task as
+    saved in training (W/dataset.json). A workdir trained before that file existed takes them
+    from its dataset, in ``data_dir`` if given."""
+    from medmamba_jax.training.checkpointing import load_trained, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise ToolError(f"workdir {workdir} does not exist")
     model, config = load_trained(workdir, which)
-    info = dataset_info(config)
+    info = read_dataset_info(workdir) or _dataset_info_now(config, data_dir)
+    outputs = int(model.config.num_classes)
+    if outputs and len(info["label_names"]) != outputs:
+        raise ToolError(f"the dataset has {len(info['label_names'])} classes but the model outputs {outputs}: "
+                        f"its classes changed since training ({config.data_dir})")
     # MedMNIST images are stored at config.size and resized on the device; image-folder
     # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
     stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
     return Loaded(model, list(info["label_names"]), info["task"], int(config.image_size),
                   int(info["n_channels"]), stored, config)
+
+
+def _with_data_dir(config: ml_collections.ConfigDict, data_dir: str | None) -> ml_collections.ConfigDict:
+    config = config.copy_and_resolve_references()
+    if data_dir:
+        with config.unlocked():
+            config.data_dir = os.path.expanduser(data_dir)
+    return config
+
+
+def _moved_hint(config: ml_collections.ConfigDict, data_dir: str | None) -> str:
+    return "" if data_dir else f" (the training data_dir, {config.data_dir}; pass --data-dir if it moved)"
+
+
+def _dataset_info_now(config: ml_collections.ConfigDict, data_dir: str | None) -> dict:
+    from medmamba_jax.data import dataset_info
+    from medmamba_jax.data.errors import DataError
+
+    config = _with_data_dir(config, data_dir)
+    try:
+        return dataset_info(config)
+    except DataError as err:
+        raise ToolError(f"{str(err).splitlines()[0]}{_moved_hint(config, data_dir)}") from err
 
 
 def _label_names(labels: str | None, num_classes: int) -> list[str]:
@@ -194,15 +222,11 @@ def load_split(loaded: Loaded, split: str, limit: int | None = None, data_dir: s
 
     if loaded.config is None:
         raise ToolError("this command needs a dataset: use --workdir, not --checkpoint")
-    config = loaded.config.copy_and_resolve_references()
-    if data_dir:
-        with config.unlocked():
-            config.data_dir = os.path.expanduser(data_dir)
+    config = _with_data_dir(loaded.config, data_dir)
     try:
-        images, labels = data_load_split(config, resolve_split(split))
+        images, labels = data_load_split(config, resolve_split(split), loaded.label_names)
     except DataError as err:
-        hint = "" if data_dir else f" (the training data_dir, {config.data_dir}; pass --data-dir if it moved)"
-        raise ToolError(f"{str(err).splitlines()[0]}{hint}") from err
+        raise ToolError(f"{str(err).splitlines()[0]}{_moved_hint(config, data_dir)}") from err
     if limit:
         images, labels = images[:limit], labels[:limit]
     return images, labels

@@ -51,8 +51,11 @@ def dataset_info(config) -> dict[str, Any]:
     }
 
 
-def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(config, split: str, label_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W, C) uint8 and labels of ``split``: (N,) int64, or (N, L) for multi-label.
+
+    ``label_names`` fixes an image folder's label order (a trained model's classes); MedMNIST
+    labels are fixed by the dataset.
 
     MedMNIST images keep their stored size and channels (C = 1 for grayscale sets);
     image-folder images are RGB at ``config.image_size``. ``preprocess`` makes either
@@ -61,7 +64,7 @@ def load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {list(SPLITS)}")
     if config.dataset == "folder":
-        return folder_source.load(config.data_dir, split, int(config.image_size))
+        return folder_source.load(config.data_dir, split, int(config.image_size), label_names)
     images, labels = medmnist_source.load(
         config.dataset, int(config.size), config.data_dir, split, bool(config.download)
     )

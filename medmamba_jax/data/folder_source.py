@@ -1,7 +1,8 @@
 """Image folders ``root/{train,val,test}/<class>/*.png`` through tensorflow-datasets' ImageFolder.
 
-The class list is the sorted class folders of ``train``; a class folder in ``val`` or
-``test`` that training never saw is an error rather than a silently shifted label.
+The class list is the sorted class folders of ``train`` (or, for a trained model, the list
+saved with it); a class folder in a split outside that list is an error rather than a
+silently shifted label.
 tfds lists the files and labels; each file is decoded by ``image_files`` (as ``predict``
 decodes one) to RGB and resized once, at load time, to ``image_size``, so a split
 becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
@@ -48,10 +49,12 @@ def class_names(root: str) -> list[str]:
     return names
 
 
-def load(root: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, image_size, image_size, 3) uint8 images and (N,) int64 labels of one split."""
+def load(root: str, split: str, image_size: int, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, image_size, image_size, 3) uint8 images and (N,) int64 labels of one split; label i
+    is ``names[i]``, by default the training classes found in ``root`` now."""
     root = os.path.expanduser(root)
-    names = class_names(root)
+    found = class_names(root)
+    names = list(names) if names is not None else found
     builder = _builder(root)
     unknown = sorted(set(_class_names(root, split)) - set(names))
     if unknown:

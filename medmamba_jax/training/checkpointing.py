@@ -3,6 +3,9 @@
 The workdir contract, relied on by the evaluation tools::
 
     W/config.json           the full training config (``config.from_json`` reads it back)
+    W/dataset.json          what the model was trained to output: task, label_names (index
+                            order), n_channels, num_classes, multi_label; the tools name
+                            classes from it, not from the data folder as it is now
     W/checkpoints/latest/   Orbax CheckpointManager, the 2 newest training states, one
                             directory per micro-step, items ``model`` (nnx.state of the
                             MedMamba: Params, BatchStats, RNG state), ``opt`` (optimizer
@@ -41,6 +44,7 @@ from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError
 
 KINDS = ("latest", "best")
+DATASET_FILE = "dataset.json"
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -143,6 +147,15 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
             continue
         return restored["model"], restored["opt"] if opt_state is not None else None, meta
     return None
+
+
+def read_dataset_info(workdir: str) -> dict[str, Any] | None:
+    """The workdir's dataset.json; None for a workdir trained before it was written."""
+    path = os.path.join(workdir, DATASET_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

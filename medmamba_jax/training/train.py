@@ -274,11 +274,17 @@ class Trainer:
             manager.close()
 
 
-def check_same_run(config, workdir: str) -> None:
-    """A workdir that holds checkpoints is only continued with the settings that made them
-    (``config_lib.RESUMABLE_KEYS`` may change); anything else is refused before it is touched."""
+def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
+    """A workdir that holds checkpoints is only continued with the settings and dataset classes
+    that made them (``config_lib.RESUMABLE_KEYS`` may change); anything else is refused before
+    it is touched."""
     if not checkpointing.has_checkpoint(workdir):
         return
+    saved_info = checkpointing.read_dataset_info(workdir)
+    if saved_info is not None and saved_info["label_names"] != info["label_names"]:
+        raise ConfigError(f"the dataset's classes changed since {workdir} was trained: "
+                          f"{saved_info['label_names']} -> {info['label_names']}; restore the data, "
+                          "or train in another --workdir")
     try:
         saved = checkpointing.read_config(workdir)
     except checkpointing.NoCheckpointError:
@@ -300,13 +306,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                    int(config.process_id) if explicit else None)
     run = prepare(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    check_same_run(config, workdir)
+    check_same_run(config, workdir, run.info)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
     try:
         if jax.process_index() == 0:
             checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+            checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
         trainer.fit()
         return trainer.test()
     finally:
