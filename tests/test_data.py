@@ -52,6 +52,18 @@ def test_label_outside_class_list(tmp_path):
         medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=False)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_a_zip"])
+def test_a_damaged_npz_is_one_data_error(tmp_path, damage):
+    from conftest import write_fake_medmnist
+
+    path = write_fake_medmnist(str(tmp_path), "breastmnist")
+    content = open(path, "rb").read()
+    damaged = {"truncated": content[: len(content) // 2], "empty": b"", "not_a_zip": b"PK\x03\x04" + b"x" * 100}
+    open(path, "wb").write(damaged[damage])
+    with pytest.raises(DataError, match="is not a readable MedMNIST file .*delete it and download it again"):
+        medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=False)
+
+
 def test_unknown_dataset_and_size(tiny_config):
     tiny_config.dataset = "organmnist3d"
     with pytest.raises(DataError, match="unknown dataset"):

@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -107,8 +108,9 @@ def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[
         # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
         dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
         images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
-    except (OSError, KeyError, ValueError) as err:
-        raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err})") from err
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # missing, truncated, not a zip
+        raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err}); "
+                        "delete it and download it again") from err
     if images.ndim == 3:  # grayscale sets store (N, H, W)
         images = images[..., None]
     _check_labels(labels, entry, path, split)
