@@ -98,6 +98,23 @@ def test_absent_class_gets_nan_auc_and_is_left_out():
     assert np.isnan(got["per_class_auc"][2]) and np.isfinite(got["auc"])
 
 
+@pytest.mark.parametrize("task", ["multi-class", "ordinal-regression"])
+def test_a_class_neither_true_nor_predicted_is_left_out_of_the_macros(task):
+    rng = np.random.default_rng()
+    labels = rng.integers(0, 3, 60)  # classes 3 and 4 of 5 never occur ...
+    logits = rng.normal(size=(60, 5)) + 2.0 * np.eye(5)[labels]
+    logits[:, 4] -= 100.0  # ... class 4 is never predicted either; class 3 may be
+    pred = logits.argmax(1)
+    got = compute_metrics(labels, _softmax(logits), task)
+    assert got["precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro", zero_division=0))
+    assert got["sensitivity"] == pytest.approx(skm.recall_score(labels, pred, average="macro", zero_division=0))
+    assert got["f1"] == pytest.approx(skm.f1_score(labels, pred, average="macro", zero_division=0))
+    for name in ("precision", "sensitivity", "specificity", "f1"):
+        assert np.isnan(got[f"per_class_{name}"][4]) and np.isfinite(got[f"per_class_{name}"][:3]).all(), name
+    perfect = compute_metrics(labels, np.eye(5)[labels], task)  # right on every image it saw
+    assert [perfect[k] for k in ("precision", "sensitivity", "specificity", "f1")] == [1.0, 1.0, 1.0, 1.0]
+
+
 def test_bad_task_and_shapes_are_rejected():
     with pytest.raises(ValueError, match="unknown task"):
         compute_metrics(np.zeros(3), np.zeros((3, 2)), "regression")

@@ -18,7 +18,10 @@ argmax for multi-class and ordinal-regression, ``score[:, -1] > 0.5`` for binary
 ``score > 0.5`` per label for multi-label. On a binary task the macro sensitivity equals
 the macro specificity by construction (each class's sensitivity is the other's specificity).
 A class whose AUC is undefined (absent, or alone, in ``labels``) gets NaN and is left out
-of the macro AUC.
+of the macro AUC. In a single-label task, a class neither in ``labels`` nor predicted (a
+small split, ``--limit``) was not evaluated: its per-class precision, sensitivity,
+specificity and F1 are NaN and the macro averages leave it out, as sklearn's
+``average="macro"`` does. Multi-label macros average every label, as sklearn's do.
 """
 
 from __future__ import annotations
@@ -109,11 +112,15 @@ def metrics_and_outcomes(
         aucs = extras.pop("aucs")
     counts = _outcome_counts(truth, pred)
     per_class = _one_vs_rest(counts)
+    if task != MULTI_LABEL:
+        unseen = counts[:, :3].sum(axis=1) == 0  # no TP, FN or FP: neither true nor predicted
+        for values in per_class.values():
+            values[unseen] = np.nan
     result: dict[str, Any] = {
         "accuracy": extras.pop("accuracy"),
         "auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
     }
-    result.update({name: float(np.mean(values)) for name, values in per_class.items()})
+    result.update({name: float(np.nanmean(values)) for name, values in per_class.items()})
     result.update({f"per_class_{name}": values.tolist() for name, values in per_class.items()})
     result["per_class_auc"] = aucs.tolist()
     result.update(extras)
