@@ -116,8 +116,9 @@ def tools_workdir(tmp_path_factory) -> str:
     return workdir
 
 
-def _write_dicom(path: str, pixels: np.ndarray) -> None:
-    """A minimal 12-bit MONOCHROME2 DICOM file with the given (H, W) uint16 pixels."""
+def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = False) -> None:
+    """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) uint16 pixels, or 8-bit RGB of
+    (H, W, 3) uint8 ones if ``colour``; with ``frames`` > 1 the pixels lead with a frame axis."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -129,10 +130,17 @@ def _write_dicom(path: str, pixels: np.ndarray) -> None:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.Rows, ds.Columns = pixels.shape[int(frames > 1):][:2]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if colour:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = pixels.astype(np.uint8).tobytes()
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -147,7 +155,7 @@ def sample_images(tmp_path_factory) -> dict[str, str]:
     Image.fromarray(rgb[..., 0]).save(paths["gray.png"])
     Image.fromarray(np.concatenate([rgb, np.full((40, 52, 1), 128, np.uint8)], axis=-1)).save(paths["rgba.png"])
     Image.fromarray(rgb).save(paths["photo.jpg"], quality=90)
-    _write_dicom(paths["scan.dcm"], rng.integers(0, 4096, (30, 30)).astype(np.uint16))
+    write_dicom(paths["scan.dcm"], rng.integers(0, 4096, (30, 30)).astype(np.uint16))
     with open(paths["notes.txt"], "w") as f:
         f.write("not an image\n")
     return paths

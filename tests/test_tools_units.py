@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_png_not_blank
+from conftest import assert_png_not_blank, write_dicom
 
 from medmamba_jax import evaluate
 from medmamba_jax.analysis import perturb
@@ -32,6 +32,17 @@ def test_to_stored_converts_modes_and_sizes(sample_images):
 def test_dicom_is_windowed_to_full_range(sample_images):
     pixels = np.asarray(images.read_image(sample_images["scan.dcm"]))
     assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255
+
+
+def test_multi_frame_dicoms_give_their_middle_frame(tmp_path):
+    shade = np.arange(5)[:, None, None] * 40  # frame f is shade 40 * f
+    cine = np.broadcast_to(shade[..., None] + np.array([0, 10, 20]), (5, 8, 6, 3))  # RGB frames
+    write_dicom(str(tmp_path / "cine.dcm"), cine, frames=5, colour=True)
+    assert np.asarray(images.read_image(str(tmp_path / "cine.dcm")))[0, 0].tolist() == [80, 90, 100]
+    # Three-column grayscale frames: (frames, H, 3) must not be taken for one RGB image.
+    series = np.broadcast_to(shade * 100, (5, 7, 3)) + np.arange(3)
+    write_dicom(str(tmp_path / "series.dcm"), series, frames=5)
+    assert np.asarray(images.read_image(str(tmp_path / "series.dcm"))).shape == (7, 3)
 
 
 def test_unreadable_files(sample_images, tmp_path):

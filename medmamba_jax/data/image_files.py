@@ -58,9 +58,15 @@ def _read_dicom(path: str) -> Image.Image:
         pixels = ds.pixel_array
     except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad files
         raise ImageReadError(f"{path}: not a readable DICOM image ({type(err).__name__}: {err})") from err
-    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):  # a multi-frame series: take the middle frame
+    # The header, not the array's shape, says which axis is frames: (frames, H, W[, samples]).
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:  # a series or cine loop: its middle frame
         pixels = pixels[len(pixels) // 2]
-    if pixels.ndim == 3:  # colour DICOM (RGB after pydicom's conversion)
+    colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1
+    if pixels.ndim != 2 + colour or (colour and pixels.shape[-1] not in (3, 4)):
+        raise ImageReadError(f"{path}: DICOM pixel data of shape {pixels.shape} is not one 2-D image "
+                             f"({getattr(ds, 'NumberOfFrames', 1)} frames, {getattr(ds, 'SamplesPerPixel', 1)} "
+                             "samples per pixel)")
+    if colour:  # RGB after pydicom's colour-space conversion
         return Image.fromarray(pixels.astype(np.uint8)[..., :3])
     return Image.fromarray(_window_to_uint8(pixels, ds))
 
