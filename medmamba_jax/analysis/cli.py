@@ -145,7 +145,7 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None)
     outputs = int(model.config.num_classes)
     if outputs and len(info["label_names"]) != outputs:
         raise ToolError(f"the dataset has {len(info['label_names'])} classes but the model outputs {outputs}: "
-                        f"its classes changed since training ({config.data_dir})")
+                        f"its classes changed since training ({data_dir or config.data_dir})")
     # MedMNIST images are stored at config.size and resized on the device; image-folder
     # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
     stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
