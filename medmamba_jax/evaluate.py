@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli.resolve_split(args.split)  # fail on a bad split before loading anything
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
-    images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
+    images, labels = cli.load_split(loaded, args.split, args.limit)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli.resolve_split(args.split)
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
-    images, labels = cli.load_split(loaded, args.split, args.limit, args.data_dir)
+    images, labels = cli.load_split(loaded, args.split, args.limit)
     images = np.asarray(images)
     table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc)
     table.update(split=args.split, dataset=loaded.config.dataset)

@@ -9,10 +9,11 @@ class names are given with ``--image-size`` and ``--labels``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -36,6 +37,7 @@ class Loaded:
     stored_channels: int  # channels of the images training read (1 for grayscale MedMNIST sets)
     stored_size: int  # side of the images training read, before the eval transform resized them
     config: ml_collections.ConfigDict | None = None  # the training config; None for --checkpoint
+    data_dir_given: bool = False  # config.data_dir is --data-dir's, not the training one
 
     @property
     def multi_label(self) -> bool:
@@ -133,47 +135,45 @@ def load(args: argparse.Namespace) -> Loaded:
 
 def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None) -> Loaded:
     """The trained model of a train.py workdir, with its dataset's class names and task as
-    saved in training (W/dataset.json). A workdir trained before that file existed takes them
-    from its dataset, in ``data_dir`` if given."""
+    saved in training (W/dataset.json). ``data_dir`` replaces the training config's for every
+    later read of the dataset, and for a workdir trained before dataset.json existed, whose
+    class names come from the dataset."""
+    from medmamba_jax.data import dataset_info
     from medmamba_jax.training.checkpointing import load_trained, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise ToolError(f"workdir {workdir} does not exist")
     model, config = load_trained(workdir, which)
-    info = read_dataset_info(workdir) or _dataset_info_now(config, data_dir)
+    if data_dir:
+        with config.unlocked():
+            config.data_dir = os.path.expanduser(data_dir)
+    info = read_dataset_info(workdir)
+    if info is None:
+        with _dataset_errors(config, bool(data_dir)):
+            info = dataset_info(config)
     outputs = int(model.config.num_classes)
     if outputs and len(info["label_names"]) != outputs:
         raise ToolError(f"the dataset has {len(info['label_names'])} classes but the model outputs {outputs}: "
-                        f"its classes changed since training ({data_dir or config.data_dir})")
+                        f"its classes changed since training ({config.data_dir})")
     # MedMNIST images are stored at config.size and resized on the device; image-folder
     # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
     stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
     return Loaded(model, list(info["label_names"]), info["task"], int(config.image_size),
-                  int(info["n_channels"]), stored, config)
+                  int(info["n_channels"]), stored, config, bool(data_dir))
 
 
-def _with_data_dir(config: ml_collections.ConfigDict, data_dir: str | None) -> ml_collections.ConfigDict:
-    config = config.copy_and_resolve_references()
-    if data_dir:
-        with config.unlocked():
-            config.data_dir = os.path.expanduser(data_dir)
-    return config
-
-
-def _moved_hint(config: ml_collections.ConfigDict, data_dir: str | None) -> str:
-    return "" if data_dir else f" (the training data_dir, {config.data_dir}; pass --data-dir if it moved)"
-
-
-def _dataset_info_now(config: ml_collections.ConfigDict, data_dir: str | None) -> dict:
-    from medmamba_jax.data import dataset_info
+@contextlib.contextmanager
+def _dataset_errors(config: ml_collections.ConfigDict, data_dir_given: bool) -> Iterator[None]:
+    """A DataError inside becomes a one-line ToolError; when the data may have moved since
+    training, it names the training data_dir and --data-dir."""
     from medmamba_jax.data.errors import DataError
 
-    config = _with_data_dir(config, data_dir)
     try:
-        return dataset_info(config)
+        yield
     except DataError as err:
-        raise ToolError(f"{str(err).splitlines()[0]}{_moved_hint(config, data_dir)}") from err
+        hint = "" if data_dir_given else f" (the training data_dir, {config.data_dir}; pass --data-dir if it moved)"
+        raise ToolError(f"{str(err).splitlines()[0]}{hint}") from err
 
 
 def _label_names(labels: str | None, num_classes: int) -> list[str]:
@@ -214,19 +214,14 @@ def resolve_split(split: str) -> str:
     return split
 
 
-def load_split(loaded: Loaded, split: str, limit: int | None = None, data_dir: str | None = None):
-    """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given,
-    read from ``data_dir`` instead of the training config's if given."""
+def load_split(loaded: Loaded, split: str, limit: int | None = None):
+    """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given."""
     from medmamba_jax.data import load_split as data_load_split
-    from medmamba_jax.data.errors import DataError
 
     if loaded.config is None:
         raise ToolError("this command needs a dataset: use --workdir, not --checkpoint")
-    config = _with_data_dir(loaded.config, data_dir)
-    try:
-        images, labels = data_load_split(config, resolve_split(split), loaded.label_names)
-    except DataError as err:
-        raise ToolError(f"{str(err).splitlines()[0]}{_moved_hint(config, data_dir)}") from err
+    with _dataset_errors(loaded.config, loaded.data_dir_given):
+        images, labels = data_load_split(loaded.config, resolve_split(split), loaded.label_names)
     if limit:
         images, labels = images[:limit], labels[:limit]
     return images, labels
