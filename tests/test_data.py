@@ -86,6 +86,22 @@ def test_download_checks_md5_and_writes_atomically(tmp_path, monkeypatch, fake_m
     assert path.endswith("breastmnist.npz") and os.listdir(target) == ["breastmnist.npz"]
 
 
+def test_download_replaces_a_damaged_file_only_when_its_md5_differs(tmp_path, monkeypatch, fake_medmnist_dir):
+    source = os.path.join(fake_medmnist_dir, "breastmnist.npz")
+    good = open(source, "rb").read()
+    path = tmp_path / "breastmnist.npz"
+    path.write_bytes(good[: len(good) // 2])
+    damaged_md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(medmnist_source, "url_and_md5", lambda flag, size: ("file://" + source, damaged_md5))
+    with pytest.raises(DataError, match="not a readable MedMNIST file"):  # the official file itself: no loop
+        medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=True)
+    good_md5 = hashlib.md5(good).hexdigest()
+    monkeypatch.setattr(medmnist_source, "url_and_md5", lambda flag, size: ("file://" + source, good_md5))
+    images, labels = medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=True)
+    assert path.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["breastmnist.npz"]
+    np.testing.assert_array_equal(images[..., 0], np.load(source)["test_images"])
+
+
 def test_train_stream_is_a_function_of_seed_and_step():
     images = np.arange(20 * 2 * 2 * 1, dtype=np.uint8).reshape(20, 2, 2, 1)
     labels = np.arange(20)

@@ -59,14 +59,14 @@ def _md5(path: str) -> str:
     return digest.hexdigest()
 
 
-def download(flag: str, size: int, data_dir: str) -> str:
-    """Downloads ``flag`` at ``size`` into ``data_dir`` unless present; returns the path.
+def download(flag: str, size: int, data_dir: str, replace: bool = False) -> str:
+    """Downloads ``flag`` at ``size`` into ``data_dir`` unless present (or ``replace``); returns the path.
 
     The file is written under a temporary name and renamed only once its MD5 matches,
     so an interrupted or corrupted download never leaves a file that looks complete.
     """
     path = npz_path(data_dir, flag, size)
-    if os.path.exists(path):
+    if os.path.exists(path) and not replace:
         return path
     url, md5 = url_and_md5(flag, size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -97,20 +97,36 @@ def _missing_message(path: str, flag: str, size: int) -> str:
 
 
 def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W, C) uint8 and labels (N, L) int64 of one split, read into memory."""
+    """Images (N, H, W, C) uint8 and labels (N, L) int64 of one split, read into memory.
+
+    With ``fetch``, a missing file is downloaded, and an existing file that cannot be read
+    is MD5-checked and downloaded again if it differs from the official one. A file that
+    reads is not hashed, since hashing the 224-pixel sets would cost every run seconds.
+    """
     path = npz_path(data_dir, flag, size)
     if fetch:
         download(flag, size, data_dir)
     if not os.path.exists(path):
         raise DataError(_missing_message(path, flag, size))
+    try:
+        return _read(path, flag, size, split, fetch)
+    except DataError:
+        if not fetch or _md5(path) == url_and_md5(flag, size)[1]:
+            raise
+    download(flag, size, data_dir, replace=True)
+    return _read(path, flag, size, split, fetch)
+
+
+def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
     entry = info(flag)
     try:
         # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
         dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
         images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # missing, truncated, not a zip
+        advice = "" if fetch else " (or pass --config.download=True to replace it)"
         raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err}); "
-                        "delete it and download it again") from err
+                        f"delete it and download it again{advice}") from err
     if images.ndim == 3:  # grayscale sets store (N, H, W)
         images = images[..., None]
     _check_labels(labels, entry, path, split)

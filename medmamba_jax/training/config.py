@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_dir = "~/.medmnist"  # where the MedMNIST .npz files, or the image-folder root, live
     c.size = 28  # MedMNIST source resolution: 28, 64, 128 or 224
     c.image_size = 224  # model input resolution
-    c.download = False  # fetch a missing MedMNIST file (MD5-checked) instead of failing
+    c.download = False  # fetch a missing MedMNIST file, or replace an unreadable one (MD5-checked)
     c.in_chans = 3  # grayscale sets are repeated to 3 channels when the model wants 3
     c.random_flip = True  # horizontal flip, as upstream's RandomHorizontalFlip
     c.random_resized_crop = True  # as upstream's RandomResizedCrop(scale=(0.08, 1))
