@@ -27,25 +27,23 @@ from medmamba_jax.ops import SCAN_IMPLS
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _int_tuple(name: str, given: Any, minimum: int) -> tuple[int, ...]:
-    """``given`` as a non-empty tuple of whole numbers >= ``minimum``, else a ValueError naming ``name``."""
-    try:
-        values = tuple(given)
-        ints = tuple(int(v) for v in values)
-        whole = all(i == v for i, v in zip(ints, values))  # 8.5 or "8" must not become 8 silently
-    except (TypeError, ValueError):  # not a sequence, or an entry that is not a number
-        whole = False
-    if not whole or not ints or min(ints) < minimum:
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= {minimum}, got {given!r}")
-    return ints
-
-
 def _int_at_least(name: str, given: Any, minimum: int) -> int:
     """``given`` as a whole number >= ``minimum``, else a ValueError naming ``name``."""
     whole = isinstance(given, (int, float, np.integer, np.floating)) and not isinstance(given, bool)
-    if not whole or not float(given).is_integer() or given < minimum:
+    if not whole or not float(given).is_integer() or given < minimum:  # 8.5, "8" or True is not 8 or 1
         raise ValueError(f"{name} must be an integer >= {minimum}, got {given!r}")
     return int(given)
+
+
+def _int_tuple(name: str, given: Any, minimum: int) -> tuple[int, ...]:
+    """``given`` as a non-empty tuple of whole numbers >= ``minimum``, else a ValueError naming ``name``."""
+    try:
+        ints = tuple(_int_at_least(name, v, minimum) for v in given)
+    except (TypeError, ValueError):  # not a sequence, or a bad entry
+        ints = ()
+    if not ints:
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= {minimum}, got {given!r}")
+    return ints
 
 
 @dataclasses.dataclass(frozen=True)
