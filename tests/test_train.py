@@ -226,6 +226,50 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_restarting_it(reference_
     assert _tree(workdir)["results.json"] == results
 
 
+def test_a_fresh_start_replaces_an_attempt_that_saved_no_latest_checkpoint(reference_copy):
+    """As if killed after saving best and before the first latest: only the same settings may
+    start again, and then nothing of that attempt (its best step 12, results, records) survives."""
+    from medmamba_jax.training.errors import ConfigError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    latest, best = (os.path.join(workdir, "checkpoints", kind) for kind in ("latest", "best"))
+    shutil.rmtree(best)
+    shutil.copytree(os.path.join(latest, "12"), os.path.join(best, "12"))
+    shutil.rmtree(latest)
+    config.learning_rate = 1e-2
+    with pytest.raises(ConfigError, match=r"other settings \(learning_rate 0.001 -> 0.01\)"):
+        train_and_evaluate(config, workdir)
+    config.learning_rate, config.num_epochs = 1e-3, 1
+    results = train_and_evaluate(config, workdir)
+    assert results["step"] == 6 and json.load(open(os.path.join(workdir, "results.json")))["step"] == 6
+    assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == ["6"]
+    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert len(logged) == len(set(logged)) and max(step for _, step in logged) == 6
+    assert [step for split, step in logged if split == "test"] == [6]
+
+
+def test_ctrl_c_in_the_end_of_epoch_save_keeps_that_epochs_records(tiny_config, tmp_path, monkeypatch):
+    from medmamba_jax.training import checkpointing
+    from medmamba_jax.training.train import train_and_evaluate
+
+    save = checkpointing.save
+
+    def save_then_ctrl_c(manager, step, *args, **kwargs):
+        save(manager, step, *args, **kwargs)
+        if str(manager.directory).endswith("latest"):
+            raise KeyboardInterrupt  # where interrupts_deferred delivers a Ctrl-C held during the save
+
+    monkeypatch.setattr(checkpointing, "save", save_then_ctrl_c)
+    workdir = str(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(tiny_config, workdir)
+    monkeypatch.setattr(checkpointing, "save", save)
+    train_and_evaluate(tiny_config, workdir)  # resumes at step 6 and only tests
+    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert [x for x in logged if x[0] != "train"] == [("val", 6), ("epoch", 6), ("test", 6)]
+
+
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
     from medmamba_jax.checkpoints import save_model
     from medmamba_jax.training import model_init

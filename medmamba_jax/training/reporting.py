@@ -18,27 +18,29 @@ import tqdm
 class Reporter:
     """Appends ``{"step", "epoch", "split", **scalars}`` lines to W/metrics.jsonl and to TensorBoard.
 
-    A run resumed at ``resumed_step`` writes again what came after that step, and its test
-    results: those records are dropped from metrics.jsonl and hidden from TensorBoard. Test
-    scalars go to their own TensorBoard run, W/tensorboard/test, which each test replaces, so
-    re-running a finished run (or one given more epochs) shows one test result, not two.
+    A run that starts at ``start_step`` (0 for a fresh start) writes again what came after that
+    step, and its test results: those records of an earlier attempt are dropped from
+    metrics.jsonl and hidden from TensorBoard. Test scalars go to their own TensorBoard run,
+    W/tensorboard/test, which each test replaces, so re-running a finished run (or one given
+    more epochs) shows one test result, not two.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, resumed_step: int | None = None):
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
         path = os.path.join(workdir, "metrics.jsonl")
-        if resumed_step is not None and os.path.exists(path):
-            _keep_records(path, lambda r: r["step"] <= resumed_step and r["split"] != "test")
+        if os.path.exists(path):
+            _keep_records(path, lambda r: r["step"] <= start_step and r["split"] != "test")
         self._jsonl = open(path, "a")
-        purge = None if resumed_step is None else resumed_step + 1
         self._tb_dir = os.path.join(workdir, "tensorboard")
+        if start_step == 0:  # an earlier attempt's test result, which _replace_test_run would not reach
+            shutil.rmtree(os.path.join(self._tb_dir, "test"), ignore_errors=True)
         # tensorboardX names event files by the second and opens them with "wb": a run restarted
         # within the same second would otherwise erase the previous run's events.
-        self._tb = SummaryWriter(self._tb_dir, purge_step=purge, filename_suffix=f".{time.time_ns()}")
+        self._tb = SummaryWriter(self._tb_dir, purge_step=start_step + 1, filename_suffix=f".{time.time_ns()}")
 
     def write(self, split: str, step: int, epoch: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

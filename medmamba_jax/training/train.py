@@ -71,6 +71,8 @@ def prepare(config) -> Run:
     splits = {split: data_lib.load_split(config, split) for split in data_lib.SPLITS}
     for split, (images, _) in splits.items():  # as stored: a file may differ from the published set
         _check_channels(config, images.shape[-1], f"{split} images in its files")
+    # Steps map to epochs (and the schedule's milestones) through the train split's size.
+    info["split_sizes"] = {split: len(labels) for split, (_, labels) in splits.items()}
     mesh = sharding.make_mesh()
     k = int(config.grad_accum_steps)
     micro = int(config.batch_size) // k
@@ -124,9 +126,9 @@ class Trainer:
         self.model_state = sharding.replicate(run.mesh, model_state)
         self.opt_state = sharding.replicate(run.mesh, opt_state)
         self.progress = Progress()
-        resumed = self._resume()
-        self.reporter = reporting.Reporter(workdir, enabled=self.is_main,
-                                           resumed_step=self.progress.step if resumed else None)
+        self._resume()
+        self._discard_beyond(self.progress.step)
+        self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step)
         self.train_step = steps.make_train_step(
             self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
             int(self.config.seed), run.mesh,
@@ -143,22 +145,34 @@ class Trainer:
                               "use another --workdir")
         return self.model_state, self.opt_state
 
-    def _resume(self) -> bool:
-        """Restores the latest checkpoint, if there is one; returns whether there was."""
+    def _resume(self) -> None:
+        """Restores the latest checkpoint, if there is one."""
         manager = self.managers["latest"]
         restored = checkpointing.restore(manager, self._templates)
         if restored is None:
             if manager.all_steps():  # starting afresh would overwrite them
                 raise TrainingError(f"no checkpoint in {manager.directory} can be read (see the warnings "
-                                    "above); move it away to start the run again")
-            return False
+                                    "above); move that directory away to train again from the start")
+            return
         self.model_state, self.opt_state, meta = restored
         fields = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
         if self.is_main:
             done = self.progress.step // self.run.steps_per_epoch
             print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs done")
-        return True
+
+    def _discard_beyond(self, step: int) -> None:
+        """Drops best checkpoints after ``step``: they belong to an attempt that this run redoes
+        (killed between saving best and latest, or one that never saved a latest), and Orbax would
+        not save an older step beside them. A fresh start also drops that attempt's results.json;
+        check_same_run has made sure the attempt had these settings."""
+        best = self.managers["best"]
+        for old in best.all_steps():
+            if old > step:
+                best.delete(old)
+        results = os.path.join(self.workdir, "results.json")
+        if step == 0 and self.is_main and os.path.exists(results):
+            os.remove(results)
 
     def lr(self) -> float:
         """The learning rate of the latest update (micro-step s belongs to update s // k)."""
@@ -228,16 +242,19 @@ class Trainer:
         improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
         if improved:
             p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
-            checkpointing.save(self.managers["best"], p.step, self.model_state, _meta(self.run, p, epoch))
         else:
             p.bad_epochs += 1
         p.loss_sum, p.loss_count = 0.0, 0
-        self._save_latest(epoch)
+        # Reported before saving: a Ctrl-C held during a save is delivered when it ends, and a
+        # run resumed from the saved step would never write this epoch's records.
         self.reporter.write("val", p.step, epoch, summary(val))
         self.reporter.write("epoch", p.step, epoch, train)
         if self.is_main:
             print(reporting.epoch_line(epoch, int(self.config.num_epochs), p.step, train, val,
                                        self.config.best_metric, improved), flush=True)
+        if improved:
+            checkpointing.save(self.managers["best"], p.step, self.model_state, _meta(self.run, p, epoch))
+        self._save_latest(epoch)
 
     def stopped_early(self) -> bool:
         patience = int(self.config.early_stopping_patience)
@@ -257,7 +274,8 @@ class Trainer:
         restored = checkpointing.restore(self.managers["best"], lambda meta: (self.model_state, None))
         if restored is None:
             print("warning: no best checkpoint (validation metric never finite); testing the latest state")
-            model_state, meta = self.model_state, _meta(self.run, self.progress, -1)
+            last_epoch = self.progress.step // self.run.steps_per_epoch - 1
+            model_state, meta = self.model_state, _meta(self.run, self.progress, last_epoch)
         else:
             model_state, _, meta = restored
         metrics = evaluate(self.run, self.model_def, model_state, "test")
@@ -275,16 +293,16 @@ class Trainer:
 
 
 def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
-    """A workdir that holds checkpoints is only continued with the settings and dataset classes
-    that made them (``config_lib.RESUMABLE_KEYS`` may change); anything else is refused before
-    it is touched."""
+    """A workdir that holds checkpoints (latest or best) is only continued with the settings,
+    dataset classes and split sizes that made them (``config_lib.RESUMABLE_KEYS`` may change);
+    anything else is refused before it is touched."""
     if not checkpointing.has_checkpoint(workdir):
         return
-    saved_info = checkpointing.read_dataset_info(workdir)
-    if saved_info is not None and saved_info["label_names"] != info["label_names"]:
-        raise ConfigError(f"the dataset's classes changed since {workdir} was trained: "
-                          f"{saved_info['label_names']} -> {info['label_names']}; restore the data, "
-                          "or train in another --workdir")
+    saved_info = checkpointing.read_dataset_info(workdir) or {}
+    for key, what in (("label_names", "classes"), ("split_sizes", "split sizes")):
+        if key in saved_info and saved_info[key] != info[key]:  # a workdir from before dataset.json has neither
+            raise ConfigError(f"the dataset's {what} changed since {workdir} was trained: "
+                              f"{saved_info[key]} -> {info[key]}; restore the data, or train in another --workdir")
     try:
         saved = checkpointing.read_config(workdir)
     except checkpointing.NoCheckpointError:
