@@ -13,7 +13,7 @@ import pytest
 from conftest import run_train
 from medmamba_jax.training import checkpointing, model_init, optim, reporting, train
 from medmamba_jax.training.config import default_config, validate
-from medmamba_jax.training.errors import ConfigError
+from medmamba_jax.training.errors import ConfigError, TrainingError
 
 
 def test_lr_drops_exactly_at_the_milestone_epochs():
@@ -45,6 +45,13 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("best_metric", "loss", "best_metric must be one of"),
     ("grad_accum_steps", 3, "not a multiple of grad_accum_steps"),
     ("lr_milestones", (75, 50), "lr_milestones must be increasing"),
+    ("lr_milestones", (0,), r"lr_milestones must be increasing whole epochs >= 1"),
+    ("lr_milestones", (1.7,), r"lr_milestones must be increasing whole epochs >= 1"),
+    ("grad_accum_steps", 0, r"grad_accum_steps must be >= 1, got 0"),
+    ("seed", -1, r"seed must be >= 0"),
+    ("learning_rate", -1e-3, r"learning_rate and lr_gamma must be > 0 and weight_decay >= 0"),
+    ("lr_gamma", 0.0, r"learning_rate and lr_gamma must be > 0"),
+    ("weight_decay", -0.05, r"weight_decay >= 0, got 0.001, 0.1 and -0.05"),
     ("batch_size", 0, r"batch_size and eval_batch_size must be >= 1, got 0 and 256"),
     ("eval_batch_size", 0, r"batch_size and eval_batch_size must be >= 1, got 128 and 0"),
     ("log_every_steps", 0, r"log_every_steps must be >= 1, got 0"),
@@ -136,11 +143,31 @@ def test_rerunning_a_finished_run_leaves_one_test_result_in_tensorboard(tmp_path
     first.write("train", 6, 0, {"loss": 1.0})
     first.write("test", 4, 0, {"accuracy": 0.5})
     first.close()
-    rerun = reporting.Reporter(workdir, resumed_step=6)  # nothing left to train: only the test again
+    rerun = reporting.Reporter(workdir, start_step=6)  # nothing left to train: only the test again
     rerun.write("test", 4, 0, {"accuracy": 0.5})
     rerun.close()
     assert _tensorboard_points(workdir) == [("test/accuracy", 4), ("train/loss", 6)]
     assert [r["split"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))] == ["train", "test"]
+
+
+def test_a_fresh_start_drops_an_earlier_attempts_records(tmp_path):
+    workdir = str(tmp_path)
+    killed = reporting.Reporter(workdir)  # an attempt killed before its first checkpoint...
+    killed.write("train", 1, 0, {"loss": 1.0})
+    killed.write("test", 1, 0, {"accuracy": 0.5})
+    killed.close()
+    again = reporting.Reporter(workdir)  # ...is started again from step 0
+    again.write("train", 1, 0, {"loss": 2.0})
+    again.close()
+    assert [r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))] == [2.0]
+    assert not os.path.exists(os.path.join(workdir, "tensorboard", "test"))
+
+
+def test_a_checkpoint_older_than_the_newest_is_an_error_not_skipped(tmp_path):
+    manager = checkpointing.managers(str(tmp_path))["best"]
+    checkpointing.save(manager, 12, {"w": jnp.ones((4,))}, {"step": 12})
+    with pytest.raises(TrainingError, match="checkpoint step 6 was not written: .* already holds step 12"):
+        checkpointing.save(manager, 6, {"w": jnp.ones((4,))}, {"step": 6})
 
 
 def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path, capsys):
@@ -166,3 +193,6 @@ def test_resuming_with_other_dataset_classes_is_refused(tools_workdir):
     renamed = {**info, "label_names": info["label_names"][::-1]}  # e.g. an image folder's class folders changed
     with pytest.raises(ConfigError, match="the dataset's classes changed since .* was trained"):
         train.check_same_run(config, tools_workdir, renamed)
+    resized = {**info, "split_sizes": {**info["split_sizes"], "train": info["split_sizes"]["train"] * 2}}
+    with pytest.raises(ConfigError, match=r"the dataset's split sizes changed .*'train': 32.* -> .*'train': 64"):
+        train.check_same_run(config, tools_workdir, resized)

@@ -31,7 +31,7 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import ml_collections
@@ -41,7 +41,7 @@ from flax import nnx
 from medmamba_jax.checkpoints import shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
-from medmamba_jax.training.errors import ConfigError
+from medmamba_jax.training.errors import ConfigError, TrainingError
 
 KINDS = ("latest", "best")
 DATASET_FILE = "dataset.json"
@@ -77,8 +77,11 @@ def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt
     with interrupts_deferred("finishing the checkpoint being written"):
         if step in manager.all_steps():
             manager.delete(step)
-        manager.save(step, args=ocp.args.Composite(**items))
+        saved = manager.save(step, args=ocp.args.Composite(**items))
         manager.wait_until_finished()
+    if not saved:  # Orbax skips, without an error, a step older than its newest one
+        raise TrainingError(f"checkpoint step {step} was not written: {manager.directory} already holds "
+                            f"step {manager.latest_step()}")
 
 
 @contextlib.contextmanager
@@ -109,10 +112,12 @@ def interrupts_deferred(doing: str) -> Iterator[None]:
         signal.raise_signal(signal.SIGINT)
 
 
-def has_checkpoint(workdir: str, kind: str = "latest") -> bool:
-    """Whether ``workdir`` holds a finalised checkpoint of ``kind``. A plain directory listing:
-    making a CheckpointManager here would add a cross-process barrier that the processes reach
-    at different points of their start-up."""
+def has_checkpoint(workdir: str, kind: str | None = None) -> bool:
+    """Whether ``workdir`` holds a finalised checkpoint of ``kind`` (any kind if None). A plain
+    directory listing: making a CheckpointManager here would add a cross-process barrier that
+    the processes reach at different points of their start-up."""
+    if kind is None:
+        return any(has_checkpoint(workdir, k) for k in KINDS)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints", kind)
     return os.path.isdir(directory) and bool(ocp.utils.checkpoint_steps(directory))
 
@@ -149,49 +154,77 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     return None
 
 
+def _read_json_text(path: str) -> str:
+    """The text of a JSON file the run wrote, checked to parse; ConfigError for a damaged one."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); restore it from a backup, or train again "
+                          "in another --workdir") from None
+    return text
+
+
 def read_dataset_info(workdir: str) -> dict[str, Any] | None:
     """The workdir's dataset.json; None for a workdir trained before it was written."""
     path = os.path.join(workdir, DATASET_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(_read_json_text(path))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise NoCheckpointError(f"{path} not found: {workdir} is not a training workdir")
-    with open(path) as f:
-        return config_lib.from_json(f.read())
+    return config_lib.from_json(_read_json_text(path))
+
+
+class Trained(NamedTuple):
+    """A workdir's trained model (in eval mode), its config, and the checkpoint it came from."""
+
+    model: MedMamba
+    config: ml_collections.ConfigDict
+    kind: str  # "best" or "latest": the one loaded, which may be the fallback
+    step: int
 
 
 def load_trained(workdir: str, which: str = "best") -> tuple[MedMamba, ml_collections.ConfigDict]:
     """The trained model (in eval mode) and config of a workdir written by train.py.
 
     ``which="best"`` is the best checkpoint by validation ``config.best_metric``; a run
-    that never produced one (e.g. killed during its first epoch) falls back to 'latest'.
-    Raises NoCheckpointError (a FileNotFoundError) when there is nothing to load.
+    that never produced a readable one (e.g. killed during its first epoch) falls back to
+    'latest', with a warning. Raises NoCheckpointError (a FileNotFoundError) when there is
+    nothing to load. ``load_trained_checkpoint`` also says which checkpoint was loaded.
     """
+    trained = load_trained_checkpoint(workdir, which)
+    return trained.model, trained.config
+
+
+def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
+    """``load_trained``'s model and config, with the kind and step of the checkpoint loaded."""
     if which not in KINDS:
         raise ValueError(f"which must be one of {KINDS}, got {which!r}")
     config = read_config(workdir)
     kinds = (which, "latest") if which == "best" else (which,)
     for kind in kinds:
         directory = os.path.join(workdir, "checkpoints", kind)
-        if not os.path.isdir(directory):
-            continue
         models: list[MedMamba] = []
 
         def templates(meta: dict):
             models.append(shell_model(MedMambaConfig.from_dict(meta["model_config"])))
             return nnx.state(models[-1]), None
 
-        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates)
+        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates) \
+            if os.path.isdir(directory) else None
         if restored is None:
             continue
-        model = models[-1]
+        model, step = models[-1], int(restored[2]["step"])
         nnx.update(model, restored[0])
         model.eval()
-        return model, config
+        if kind != which:
+            print(f"warning: {os.path.join(workdir, 'checkpoints', which)} holds no readable checkpoint; "
+                  f"using the latest one (step {step})", file=sys.stderr)
+        return Trained(model, config, kind, step)
     raise NoCheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with train.py")

@@ -84,7 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.scan_impl in SCAN_IMPLS, f"scan_impl must be one of {SCAN_IMPLS}, got {config.scan_impl!r}"),
         (config.best_metric in METRICS, f"best_metric must be one of {METRICS}, got {config.best_metric!r}"),
         (config.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}"),
-        (config.batch_size % config.grad_accum_steps == 0,
+        (config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps == 0,
          f"batch_size {config.batch_size} is not a multiple of grad_accum_steps {config.grad_accum_steps}"),
         (config.num_epochs >= 1, f"num_epochs must be >= 1, got {config.num_epochs}"),
         (config.batch_size >= 1 and config.eval_batch_size >= 1,
@@ -92,8 +92,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}"),
         (min(config.checkpoint_every_steps, config.early_stopping_patience, config.prefetch) >= 0,
          "checkpoint_every_steps, early_stopping_patience and prefetch must be >= 0 (0 turns each off)"),
-        (list(config.lr_milestones) == sorted(set(config.lr_milestones)),
-         f"lr_milestones must be increasing epochs, got {config.lr_milestones}"),
+        (all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in config.lr_milestones)
+         and list(config.lr_milestones) == sorted(set(config.lr_milestones)),
+         f"lr_milestones must be increasing whole epochs >= 1, got {config.lr_milestones}"),
+        (config.learning_rate > 0 and config.lr_gamma > 0 and config.weight_decay >= 0,
+         f"learning_rate and lr_gamma must be > 0 and weight_decay >= 0, got {config.learning_rate}, "
+         f"{config.lr_gamma} and {config.weight_decay}"),
+        (config.seed >= 0, f"seed must be >= 0 (it seeds NumPy's data order), got {config.seed}"),
     ]
     for ok, message in checks:
         if not ok:
