@@ -70,20 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.evaluation import metrics_and_outcomes
     from medmamba_jax.training.checkpointing import write_json
 
-    cli.resolve_split(args.split)  # fail on a bad split before loading anything
+    cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
+    out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
-    out = cli.output_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
+    out = cli.output_dir(out)
     support = truth.sum(axis=0)
-    record = {**metrics, "split": args.split, "checkpoint": args.which, "num_images": int(len(images)),
+    record = {**metrics, "split": args.split, "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step,
+              "num_images": int(len(images)),
               "label_names": loaded.label_names, "support": support.tolist()}
     write_json(os.path.join(out, "metrics.json"), record)
     written = write_plots(out, loaded, truth, counts, scores, metrics, args.split)
     print(format_table(metrics, loaded.label_names, support,
-                       f"{loaded.config.dataset} {args.split} ({len(images)} images, {args.which} checkpoint)"))
+                       f"{loaded.config.dataset} {args.split} ({len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step})"))
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
     return 0
 

@@ -58,7 +58,9 @@ def resolve_target(target: str | None, names: list[str]) -> int | None:
 
 def figure_stems(paths: Sequence[str]) -> dict[str, str]:
     """A distinct output name stem per input path: the file's own stem, or where several
-    inputs share one, their path below the folder they have in common ('cat/0.png' -> 'cat_0')."""
+    inputs share one, their path below the folder they have in common ('cat/0.png' -> 'cat_0').
+    Names that still clash ('a.png' and 'a.jpg', 'a_b/c.png' and 'a/b/c.png', or 'A.png' and
+    'a.png' on a case-insensitive disk) get a numeric suffix ('a', 'a_2')."""
     unique = list(dict.fromkeys(paths))
     stems = {path: os.path.splitext(os.path.basename(path))[0] for path in unique}
     counts = collections.Counter(stems.values())
@@ -68,7 +70,17 @@ def figure_stems(paths: Sequence[str]) -> dict[str, str]:
     def below_root(path: str) -> str:
         return os.path.splitext(os.path.relpath(os.path.abspath(path), root))[0].replace(os.sep, "_")
 
-    return {path: below_root(path) if counts[stems[path]] > 1 else stems[path] for path in unique}
+    taken: set[str] = set()
+    distinct = {}
+    for path in unique:
+        stem = below_root(path) if counts[stems[path]] > 1 else stems[path]
+        candidate, n = stem, 1
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = f"{stem}_{n}"
+        taken.add(candidate.casefold())
+        distinct[path] = candidate
+    return distinct
 
 
 def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int | None, out: str,

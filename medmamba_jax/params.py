@@ -125,7 +125,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``d state dict as numpy arrays; a bad file raises CheckpointError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: {'is a directory, not a .pth file' if os.path.isdir(path) else 'no such file'}")
     torch = _torch()
     with open(path, "rb") as handle:
         magic = handle.read(4)
@@ -135,6 +135,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
+        if "Weights only load failed" in str(err):  # a readable pickle of more than tensors
+            raise CheckpointError(f"{path}: holds pickled Python objects, such as a whole model from "
+                                  "torch.save(model), which are not loaded (unpickling can run code); "
+                                  "save model.state_dict() instead") from None
         reason = (str(err).strip() or type(err).__name__).split(". ")[0].splitlines()[0]
         raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({reason[:120]})") from None
     return _as_numpy_state_dict(obj, path)

@@ -117,8 +117,9 @@ def tools_workdir(tmp_path_factory) -> str:
 
 
 def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = False) -> None:
-    """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) uint16 pixels, or 8-bit RGB of
-    (H, W, 3) uint8 ones if ``colour``; with ``frames`` > 1 the pixels lead with a frame axis."""
+    """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) uint16 pixels, or RGB of (H, W, 3)
+    ones if ``colour`` (8-bit, or 16-bit for uint16 pixels); with ``frames`` > 1 the pixels
+    lead with a frame axis."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -134,9 +135,10 @@ def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = F
     if frames > 1:
         ds.NumberOfFrames = frames
     if colour:
+        bits = 16 if pixels.dtype == np.uint16 else 8
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = pixels.astype(np.uint8).tobytes()
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+        ds.PixelData = pixels.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
     else:
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

@@ -86,12 +86,28 @@ def test_convert_command_writes_a_loadable_model(tmp_path, capsys):
     np.testing.assert_array_equal(load_model(out)(x), from_torch(DATA / "tiny.pth")(x))
 
 
-def test_convert_command_fails_cleanly(tmp_path, capsys):
+def test_convert_command_fails_cleanly(tmp_path, capsys, state_dict):
     bad = tmp_path / "bad.pth"
     bad.write_text("nope")
     assert convert.main([str(bad), str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "out").exists()
+    misfit = {k: v for k, v in state_dict.items() if k != "head.weight"}
+    misfit["layers.0.blocks.0.extra"] = torch.zeros(2)
+    torch.save(misfit, tmp_path / "misfit.pth")
+    assert convert.main([str(tmp_path / "misfit.pth"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err  # the command prints the key list, not only its heading
+    assert err.startswith("error: state dict does not fit") and "\n  layers.0.blocks.0.extra\n" in err
+    assert convert.main([str(DATA / "tiny.pth"), str(bad / "sub")]) == 1  # an output below a file
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert convert.main([str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "is a directory, not a .pth file" in capsys.readouterr().err
+
+
+def test_a_pickled_whole_model_asks_for_its_state_dict(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
+    with pytest.raises(CheckpointError, match=r"torch.save\(model\).*save model.state_dict\(\) instead"):
+        load_torch_state_dict(tmp_path / "whole.pth")
 
 
 @pytest.mark.parametrize("depths,dims,d_state,num_classes,in_chans", [

@@ -187,6 +187,38 @@ def test_a_moved_dataset_is_named_and_found_with_data_dir(tools_workdir, tmp_pat
     assert metrics["accuracy"] == pytest.approx(json.load(open(os.path.join(workdir, "results.json")))["accuracy"])
 
 
+def test_a_missing_or_unreadable_best_checkpoint_is_named_not_passed_off_as_best(tools_workdir, tmp_path, capsys):
+    workdir = str(tmp_path / "copied")
+    shutil.copytree(tools_workdir, workdir)
+    best = os.path.join(workdir, "checkpoints", "best")
+    step = int(os.listdir(best)[0])
+    for damage in ("unreadable", "missing"):
+        if damage == "unreadable":
+            for root, _, names in os.walk(os.path.join(best, str(step), "model")):
+                for name in names:
+                    open(os.path.join(root, name), "wb").close()
+        else:
+            shutil.rmtree(best)
+        out = str(tmp_path / damage)
+        assert run(evaluate.main, ["--workdir", workdir, "--out", out]) == 0
+        captured = capsys.readouterr()
+        assert f"holds no readable checkpoint; using the latest one (step {step})" in captured.err, damage
+        assert f"latest checkpoint, step {step})" in captured.out
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        assert (metrics["checkpoint"], metrics["step"]) == ("latest", step)
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "dataset.json"])
+def test_a_damaged_workdir_json_is_one_line(tools_workdir, tmp_path, capsys, damaged):
+    workdir = str(tmp_path / "copied")
+    shutil.copytree(tools_workdir, workdir)
+    with open(os.path.join(workdir, damaged), "w") as f:
+        f.write('{"x":')
+    assert run(predict.main, ["--workdir", workdir, "x.png"]) == 1
+    err = capsys.readouterr().err
+    assert f"{damaged} is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
 def test_unknown_split_on_trained_workdir(tools_workdir, tmp_path, capsys):
     assert run(explain.main, ["tsne", "--workdir", tools_workdir, "--split", "validation", "--out", str(tmp_path)]) == 1
     assert "unknown split 'validation'" in capsys.readouterr().err

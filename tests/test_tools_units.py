@@ -45,15 +45,34 @@ def test_multi_frame_dicoms_give_their_middle_frame(tmp_path):
     assert np.asarray(images.read_image(str(tmp_path / "series.dcm"))).shape == (7, 3)
 
 
+def test_colour_dicoms_deeper_than_8_bits_are_scaled_not_wrapped(tmp_path):
+    pixels = np.zeros((4, 6, 3), np.uint16)
+    pixels[:, :3, 0], pixels[:, 3:, 2] = 40000, 1000  # a bright red half and a dim blue half
+    write_dicom(str(tmp_path / "deep.dcm"), pixels, colour=True)
+    rgb = np.asarray(images.read_image(str(tmp_path / "deep.dcm")))
+    assert rgb[0, 0].tolist() == [156, 0, 0] and rgb[0, 5].tolist() == [0, 0, 4]  # 255 * v / 65535
+
+
 def test_unreadable_files(sample_images, tmp_path):
     with pytest.raises(images.ImageReadError, match="notes.txt"):
         images.read_image(sample_images["notes.txt"])
     with pytest.raises(images.ImageReadError, match="no such file"):
         images.read_image(str(tmp_path / "missing.png"))
+    with pytest.raises(images.ImageReadError, match="is a directory, not an image"):
+        images.read_image(str(tmp_path))
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(images.ImageReadError, match="DICOM"):
         images.read_image(str(broken))
+
+
+def test_figure_stems_are_distinct():
+    from medmamba_jax.explain import figure_stems
+
+    paths = ["cat/0.png", "dog/0.png", "x/rgb.png", "x/rgb.jpg", "A.png", "a.png", "a_b/c.png", "a/b/c.png"]
+    stems = figure_stems(paths)
+    assert [stems[p] for p in paths[:2]] == ["cat_0", "dog_0"]
+    assert len({s.casefold() for s in stems.values()}) == len(paths), stems
 
 
 def test_perturbations_grow_with_severity():

@@ -38,6 +38,8 @@ class Loaded:
     stored_size: int  # side of the images training read, before the eval transform resized them
     config: ml_collections.ConfigDict | None = None  # the training config; None for --checkpoint
     data_dir_given: bool = False  # config.data_dir is --data-dir's, not the training one
+    checkpoint: str = ""  # which of a workdir's checkpoints was loaded: "best" or "latest"
+    checkpoint_step: int = -1
 
     @property
     def multi_label(self) -> bool:
@@ -68,8 +70,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     try:
         return main(argv)
     except (ToolError, *expected_errors()) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        # Whole: a CheckpointError lists every bad key on the lines after its first.
+        print(f"error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 1
 
 
@@ -139,12 +141,12 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None)
     later read of the dataset, and for a workdir trained before dataset.json existed, whose
     class names come from the dataset."""
     from medmamba_jax.data import dataset_info
-    from medmamba_jax.training.checkpointing import load_trained, read_dataset_info
+    from medmamba_jax.training.checkpointing import load_trained_checkpoint, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise ToolError(f"workdir {workdir} does not exist")
-    model, config = load_trained(workdir, which)
+    model, config, kind, step = load_trained_checkpoint(workdir, which)
     if data_dir:
         with config.unlocked():
             config.data_dir = os.path.expanduser(data_dir)
@@ -160,7 +162,7 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None)
     # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
     stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
     return Loaded(model, list(info["label_names"]), info["task"], int(config.image_size),
-                  int(info["n_channels"]), stored, config, bool(data_dir))
+                  int(info["n_channels"]), stored, config, bool(data_dir), kind, step)
 
 
 @contextlib.contextmanager
@@ -230,8 +232,12 @@ def load_split(loaded: Loaded, split: str, limit: int | None = None):
 def writable_dir(path: str) -> str:
     """``path`` with ~ expanded, if it is a directory or can become one; ToolError otherwise."""
     path = os.path.expanduser(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ToolError(f"output {path} is a file, not a directory")
+    existing = path
+    while existing and not os.path.exists(existing):  # the nearest part of the path that exists
+        existing = os.path.dirname(existing.rstrip(os.sep))
+    if existing and not os.path.isdir(existing):
+        where = "" if existing == path else f" ({existing} is)"
+        raise ToolError(f"output {path} is a file, not a directory{where}")
     return path
 
 

@@ -66,15 +66,17 @@ def _read_dicom(path: str) -> Image.Image:
         raise ImageReadError(f"{path}: DICOM pixel data of shape {pixels.shape} is not one 2-D image "
                              f"({getattr(ds, 'NumberOfFrames', 1)} frames, {getattr(ds, 'SamplesPerPixel', 1)} "
                              "samples per pixel)")
-    if colour:  # RGB after pydicom's colour-space conversion
-        return Image.fromarray(pixels.astype(np.uint8)[..., :3])
+    if colour:  # RGB after pydicom's colour-space conversion, scaled down from its stored bit depth
+        top = 2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1
+        rgb = np.clip(np.round(pixels[..., :3].astype(np.float64) * (255 / top)), 0, 255)
+        return Image.fromarray(rgb.astype(np.uint8))
     return Image.fromarray(_window_to_uint8(pixels, ds))
 
 
 def read_image(path: str) -> Image.Image:
     """A PIL image of a PNG, JPEG (anything Pillow reads) or DICOM file; ImageReadError otherwise."""
     if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{path}: {'is a directory, not an image' if os.path.isdir(path) else 'no such file'}")
     if _is_dicom(path):
         return _read_dicom(path)
     with open(path, "rb") as f:
