@@ -50,6 +50,20 @@ def random_inputs(rng, batch, groups, dim, n, length, dtype=np.float32, extras=T
     return arrays
 
 
+def pallas_outputs(jaxpr) -> list[int]:
+    """The number of outputs of each pallas_call in a jaxpr, nested ones included, in order."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            found.append(len(eqn.outvars))
+            continue
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr holds its Jaxpr
+            if hasattr(inner, "eqns"):
+                found += pallas_outputs(inner)
+    return found
+
+
 class PallasScanTest(unittest.TestCase):
     INTERPRET = False
 
@@ -112,6 +126,15 @@ class PallasScanTest(unittest.TestCase):
         args = random_inputs(self.rng, 1, 2, 8, 16, 21, dtype=jnp.bfloat16)
         # y and the fp32 parameters' grads are fp32 sums; bf16 grads are rounded to bf16.
         self.check_against_reference(args, SMALL, softplus=True)
+
+    def test_a_forward_alone_writes_no_chunk_states(self):
+        args = random_inputs(self.rng, 1, 2, 8, 4, 13)
+        fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=SMALL)  # noqa: E731
+        grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
+        # Outputs of each kernel launch: the forward alone writes y; under grad, y and hs, then 7 grads.
+        self.assertEqual(pallas_outputs(jax.make_jaxpr(fn)(*args).jaxpr), [1])
+        self.assertEqual(pallas_outputs(jax.make_jaxpr(grad)(*args).jaxpr), [2, 7])
+        np.testing.assert_array_equal(fn(*args), jax.vjp(fn, *args)[0])
 
     def test_tile_divides_the_channel_axis(self):
         # Channels are the last axis: L = 49 (odd) must not shrink the tile, and a

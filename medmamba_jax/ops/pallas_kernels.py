@@ -201,8 +201,9 @@ def _output(h: jax.Array, x: StepIn, p: Params) -> jax.Array:
     return jnp.sum(h * x.c, axis=0, keepdims=True) + p.skip * x.u
 
 
-def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, hs_ref, *, geo: Geometry):
-    """y (L, TD) and the chunk-start states hs (n_chunks, N, TD)."""
+def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, hs_ref=None, *, geo: Geometry):
+    """y (L, TD) and, if there is an hs_ref, the chunk-start states hs (n_chunks, N, TD) that
+    the backward starts from (a forward that will not be differentiated has none)."""
     p = _params(a_ref, d_ref, bias_ref)
     refs = (u_ref, dl_ref, b_ref, c_ref)
     pos = _direction(geo)
@@ -238,7 +239,8 @@ def forward_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, h
         return h, ahead
 
     def chunk(c, carry):
-        hs_ref[c] = carry[0]
+        if hs_ref is not None:
+            hs_ref[c] = carry[0]
         first = c * geo.ckpt_segs
         last = jnp.minimum(first + geo.ckpt_segs, geo.n_segs)
         return jax.lax.fori_loop(first, last, segment, carry)
