@@ -5,11 +5,13 @@ forward time, forward+backward time (grads of all 7 inputs), compile times, XLA'
 compiled memory analysis of the forward+backward program (arguments, outputs, temps;
 their sum is the peak the program can need), and for each time the bandwidth floor:
 the bytes that any implementation must read and write once, over the HBM bandwidth
-measured here with a plain device copy.
+measured here with a plain device copy. The forward+backward floor is that of training's
+two passes (``floor_bytes``), not of one fused gradient program.
 
 ``--op cross`` (the default) times SS2D's four-direction ``cross_selective_scan`` in
 its channels-minor layout, which is what MedMamba runs; ``--op scan`` times the
-mamba_ssm-layout ``selective_scan`` (the Pallas path then includes two transposes).
+mamba_ssm-layout ``selective_scan`` (the Pallas path then includes transposes into and
+out of the channels-minor layout: u, delta and y in the forward, more in the backward).
 
 Usage (on a GPU):
     PYTHONPATH=. python benchmarks/bench_scan.py --batch 64 128 --out scan.json
@@ -108,8 +110,13 @@ def hbm_bandwidth(nbytes: int = 1 << 30) -> float:
 
 
 def floor_bytes(inputs, dy, backward: bool) -> int:
-    """Bytes that must cross HBM once per pass. Forward: read u, delta, B, C, write y
-    (dy's size). Backward: read them again and dy, write du, ddelta, dB, dC."""
+    """Bytes that must cross HBM once per pass, S + Y forward and 3S + 2Y with the backward.
+
+    Forward: read u, delta, B, C (S bytes), write y (Y, dy's size). Backward: read them
+    again and dy, write du, ddelta, dB, dC. In training the two passes cannot be one: the
+    forward must write y for the layers after the scan, and dy exists only once their
+    backward has run, long after the inputs left the chip. A program that computed only
+    the gradients, with y never needed, could move 2S + Y bytes."""
     sequences = sum(x.nbytes for x in (inputs[0], inputs[1], inputs[3], inputs[4]))
     fwd = sequences + dy.nbytes
     return fwd + (2 * sequences + dy.nbytes if backward else 0)
@@ -145,6 +152,10 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the JSON list here")
     args = ap.parse_args(argv)
+    try:  # every config checked before hours of measuring, not when its turn comes
+        pallas_configs = [ScanConfig.parse(c) for c in args.pallas]
+    except ValueError as err:
+        ap.error(f"--pallas: {err}")
     bandwidth = hbm_bandwidth()
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "hbm_bytes_per_s": bandwidth}
     print(json.dumps(meta), flush=True)
@@ -152,7 +163,7 @@ def main(argv=None) -> None:
     for batch in args.batch:
         for stage in args.stages:
             for impl in args.impls:
-                configs = [ScanConfig.parse(c) for c in args.pallas] if impl == "pallas" else [None]
+                configs = pallas_configs if impl == "pallas" else [None]
                 for config in configs:
                     try:
                         row = bench_one(

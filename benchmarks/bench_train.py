@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import medmnist as medmnist_config  # noqa: E402
 from medmamba_jax import data as data_lib  # noqa: E402
+from medmamba_jax.runtime import prefer_low_memory_cpu_schedule  # noqa: E402
 from medmamba_jax.training import model_init, optim, sharding, steps  # noqa: E402
 
 
@@ -99,6 +100,7 @@ def main():
     parser.add_argument("--scan-impl", default="auto", help="auto: pallas on a GPU, associative elsewhere")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
+    prefer_low_memory_cpu_schedule()  # as train.py does, before JAX starts its backends
     config, mesh = _config(args), sharding.make_mesh()
     stream = _stream(config, 64 * args.batch_size, args.source_size)
     result = {
