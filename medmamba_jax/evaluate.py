@@ -80,12 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = cli.output_dir(out)
     support = truth.sum(axis=0)
     record = {**metrics, "split": args.split, "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step,
-              "num_images": int(len(images)),
-              "label_names": loaded.label_names, "support": support.tolist()}
+              "num_images": int(len(images)), "label_names": loaded.label_names, "support": support.tolist()}
     write_json(os.path.join(out, "metrics.json"), record)
     written = write_plots(out, loaded, truth, counts, scores, metrics, args.split)
-    print(format_table(metrics, loaded.label_names, support,
-                       f"{loaded.config.dataset} {args.split} ({len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step})"))
+    source = f"{len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step}"
+    print(format_table(metrics, loaded.label_names, support, f"{loaded.config.dataset} {args.split} ({source})"))
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
     return 0
 
