@@ -110,21 +110,22 @@ def test_a_pickled_whole_model_asks_for_its_state_dict(tmp_path):
         load_torch_state_dict(tmp_path / "whole.pth")
 
 
-@pytest.mark.parametrize("depths,dims,d_state,num_classes,in_chans", [
-    ((1, 2), (8, 16), 4, 0, 1),  # no head: the model returns pooled features
-    ((1, 0, 1), (8, 16, 32), 2, 3, 3),  # a stage without blocks keeps its patch merging
-    ((0, 1, 0), (8, 16, 32), 4, 2, 1),  # the width of the first and last stage come from others
+@pytest.mark.parametrize("depths,dims,d_state,num_classes,in_chans,patch_size", [
+    ((1, 2), (8, 16), 4, 0, 1, 4),  # no head: the model returns pooled features
+    ((1, 0, 1), (8, 16, 32), 2, 3, 3, 2),  # a stage without blocks keeps its patch merging; 2x2 patches
+    ((0, 1, 0), (8, 16, 32), 4, 2, 1, 4),  # the width of the first and last stage come from others
 ])
-def test_architecture_is_inferred_for_other_shapes(depths, dims, d_state, num_classes, in_chans):
+def test_architecture_is_inferred_for_other_shapes(depths, dims, d_state, num_classes, in_chans, patch_size):
     from flax import nnx
 
     from medmamba_jax.models import MedMamba
 
-    source = MedMamba(depths, dims, d_state=d_state, num_classes=num_classes, in_chans=in_chans, rngs=nnx.Rngs(3))
+    source = MedMamba(depths, dims, d_state=d_state, num_classes=num_classes, in_chans=in_chans,
+                      patch_size=patch_size, rngs=nnx.Rngs(3))
     model = from_torch(to_torch_state_dict(source))
     cfg = model.config
-    assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans) == (
-        depths, dims, d_state, num_classes, in_chans)
+    assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans, cfg.patch_size) == (
+        depths, dims, d_state, num_classes, in_chans, patch_size)
     side = cfg.min_image_size * 2
     x = np.random.default_rng().standard_normal((2, side, side, in_chans)).astype(np.float32)
     source.eval()

@@ -113,6 +113,8 @@ def test_train_stream_is_a_function_of_seed_and_step():
         batch_images, batch_labels = stream(step)
         np.testing.assert_array_equal(batch_images, images[stream.indices(step)])
         np.testing.assert_array_equal(batch_labels, labels[stream.indices(step)])
+    other_seed = data.TrainStream(images, labels, 4, seed=4, steps_multiple=2)
+    assert not np.array_equal(other_seed.indices(0), stream.indices(0))
     epoch0 = np.concatenate([stream.indices(s) for s in range(4)])
     assert len(set(epoch0)) == 16 and not np.array_equal(stream.indices(0), stream.indices(4))
     halves = [data.TrainStream(images, labels, 4, seed=3, steps_multiple=2, process_index=i, process_count=2)(5)[1] for i in (0, 1)]
@@ -129,6 +131,15 @@ def test_autoaugment_is_deterministic_and_keeps_shape():
     assert gray.shape == (6, 28, 28, 1)
 
 
+def test_eval_transform_maps_0_and_255_to_minus_1_and_1():
+    from medmamba_jax.data.transforms import EvalTransform
+
+    row = np.array([0, 51, 255], np.uint8).reshape(1, 1, 3, 1)
+    x = np.asarray(EvalTransform(image_size=3, in_chans=3)(np.repeat(row, 3, axis=1)))
+    np.testing.assert_allclose(x[0, 0, :, 0], [-1.0, 51 / 127.5 - 1, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
 def test_train_transform_shapes_and_key_dependence(tiny_config):
     import jax
 
@@ -138,6 +149,15 @@ def test_train_transform_shapes_and_key_dependence(tiny_config):
     b = transform(images, jax.random.key(1))
     assert a.shape == (4, 32, 32, 3) and not np.allclose(a, b)
     np.testing.assert_array_equal(a, transform(images, jax.random.key(0)))
+    # Without the crop, each image is the eval image or its mirror image left to right.
+    from medmamba_jax.data.transforms import EvalTransform
+
+    tiny_config.random_resized_crop = False
+    flipped = np.asarray(data.train_transform(tiny_config)(images, jax.random.key(2)))
+    plain = np.asarray(EvalTransform(32, 3)(images))
+    mirrored = [np.allclose(f, p[:, ::-1], atol=1e-6) and not np.allclose(f, p) for f, p in zip(flipped, plain)]
+    kept = [np.allclose(f, p, atol=1e-6) for f, p in zip(flipped, plain)]
+    assert any(mirrored) and all(m or k for m, k in zip(mirrored, kept)), (mirrored, kept)
 
 
 def _folder(root, layout):

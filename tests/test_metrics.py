@@ -103,7 +103,8 @@ def test_a_class_neither_true_nor_predicted_is_left_out_of_the_macros(task):
     rng = np.random.default_rng()
     labels = rng.integers(0, 3, 60)  # classes 3 and 4 of 5 never occur ...
     logits = rng.normal(size=(60, 5)) + 2.0 * np.eye(5)[labels]
-    logits[:, 4] -= 100.0  # ... class 4 is never predicted either; class 3 may be
+    logits[:, 4] -= 100.0  # ... class 4 is never predicted either ...
+    logits[0, 3] += 100.0  # ... and class 3 is, falsely, so it stays in the macros
     pred = logits.argmax(1)
     got = compute_metrics(labels, _softmax(logits), task)
     assert got["precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro", zero_division=0))
@@ -113,6 +114,23 @@ def test_a_class_neither_true_nor_predicted_is_left_out_of_the_macros(task):
         assert np.isnan(got[f"per_class_{name}"][4]) and np.isfinite(got[f"per_class_{name}"][:3]).all(), name
     perfect = compute_metrics(labels, np.eye(5)[labels], task)  # right on every image it saw
     assert [perfect[k] for k in ("precision", "sensitivity", "specificity", "f1")] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_multi_label_scores_are_per_label_sigmoids():
+    import jax
+    from flax import nnx
+
+    from medmamba_jax.evaluation import predict_scores
+
+    class FirstPixels(nnx.Module):  # logits: the first three values of each image
+        def __call__(self, x):
+            return x.reshape(x.shape[0], -1)[:, :3]
+
+    images = np.random.default_rng(0).normal(size=(5, 2, 2, 1)).astype(np.float32) * 3
+    logits = images.reshape(5, -1)[:, :3]
+    multi = predict_scores(FirstPixels(), images, 2, multi_label=True)
+    np.testing.assert_allclose(multi, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    np.testing.assert_allclose(predict_scores(FirstPixels(), images, 2), jax.nn.softmax(logits), rtol=1e-6)
 
 
 def test_bad_task_and_shapes_are_rejected():

@@ -124,6 +124,9 @@ def test_scan_impls_agree_in_the_whole_model(golden):
 
 def test_stochastic_depth_only_in_train_mode():
     model = MedMamba((1, 1), (8, 16), num_classes=3, drop_path_rate=0.9, rngs=nnx.Rngs(0))
+    deep = MedMamba((2, 3), (8, 16), num_classes=3, drop_path_rate=0.5, rngs=nnx.Rngs(0))
+    rates = [block.drop_path.rate for stage in deep.layers for block in stage.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0.0, 0.5, 5))  # growing with depth, from 0, as upstream
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
     model.eval()
     np.testing.assert_array_equal(model(x), model(x))

@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -102,6 +103,15 @@ def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
     maps = [np.asarray(gradcam(loaded.model, x, jnp.array([k]))[0][0]) for k in range(PATHMNIST_CLASSES)]
     assert maps[0].shape == (64, 64) and all(0 <= m.min() and m.max() <= 1 for m in maps)
     assert max(np.abs(maps[0] - m).max() for m in maps[1:]) > 0.05
+    # In closed form: the head is linear on the mean-pooled map A, so d logit_k / dA = W[:, k] / (h w)
+    # at every position, and the map is ReLU(A @ W[:, k]) up to a scale that min-max removes.
+    feature_map = np.asarray(loaded.model.last_stage(x))[0]
+    for k in range(PATHMNIST_CLASSES):
+        cam = np.maximum(feature_map @ np.asarray(loaded.model.head.kernel.value)[:, k], 0.0)
+        cam = np.asarray(jax.image.resize(cam, (64, 64), method="linear"))
+        spread = cam.max() - cam.min()  # 0: no positive evidence anywhere, an all-zero map
+        want = (cam - cam.min()) / spread if spread > 0 else np.zeros_like(cam)
+        np.testing.assert_allclose(maps[k], want, atol=1e-4, err_msg=str(k))
 
 
 def test_explain_gradcam_command(tools_workdir, sample_images, tmp_path, capsys):

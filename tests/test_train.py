@@ -67,6 +67,10 @@ def test_smoke_run_of_train_py(reference_run):
     results = json.load(open(os.path.join(workdir, "results.json")))
     for key in ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1"):
         assert 0.0 <= results[key] <= 1.0
+    # The test split is scored with the epoch of the highest validation AUC, the first one on a tie.
+    best = max((r for r in _records(workdir) if r["split"] == "val"), key=lambda r: (r["auc"], -r["step"]))
+    assert (results["step"], results["epoch"]) == (best["step"], best["epoch"] + 1)
+    assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == [str(best["step"])]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["dims"] == [8, 16] and config["num_epochs"] == 2
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["best", "latest"]
@@ -116,6 +120,11 @@ def test_interrupt_kill_and_resume_give_identical_results(reference_run, fake_me
     # The steps redone after the resumed checkpoint are logged once, as in an uninterrupted run.
     logged = [(r["split"], r["step"]) for r in _records(workdir)]
     assert sorted(logged) == sorted((r["split"], r["step"]) for r in _records(reference))
+    skipped = ("images_per_sec", "seconds", "split")  # all else, the epoch's mean loss included, must agree
+    ours, theirs = ({(r["split"], r["step"]): {k: v for k, v in r.items() if k not in skipped} for r in _records(w)}
+                    for w in (workdir, reference))
+    for key, record in theirs.items():
+        assert ours[key] == pytest.approx(record, rel=1e-5, nan_ok=True), key
     assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
         open(os.path.join(reference, "results.json")))
     for a, b in zip(_weights(workdir), _weights(reference), strict=True):

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from conftest import run_train
-from medmamba_jax.training import checkpointing, model_init, optim, reporting, train
+from medmamba_jax.training import checkpointing, model_init, optim, reporting, steps, train
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError, TrainingError
 
@@ -23,6 +23,40 @@ def test_lr_drops_exactly_at_the_milestone_epochs():
     expected = {0: 1e-3, 499: 1e-3, 500: 1e-4, 749: 1e-4, 750: 1e-5, 10_000: 1e-5}
     for step, lr in expected.items():
         assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
+
+
+def test_losses_are_the_mean_cross_entropies():
+    logits = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]], np.float32)
+    multi_hot = np.array([[1, 0, 1], [0, 1, 1]])
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -(multi_hot * np.log(p) + (1 - multi_hot) * np.log(1 - p)).mean()  # over images and labels
+    assert float(steps.loss_fn(jnp.asarray(logits), jnp.asarray(multi_hot), True)) == pytest.approx(bce, rel=1e-6)
+    log_softmax = logits - np.log(np.exp(logits.astype(np.float64)).sum(axis=1, keepdims=True))
+    ce = -log_softmax[[0, 1], [0, 2]].mean()
+    assert float(steps.loss_fn(jnp.asarray(logits), jnp.array([0, 2]), False)) == pytest.approx(ce, rel=1e-6)
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, tmp_path, monkeypatch, capsys):
+    from medmamba_jax.evaluation import compute_metrics
+
+    tiny_config.num_epochs, tiny_config.early_stopping_patience = 8, 2
+    metrics = compute_metrics(np.array([0, 1]), np.eye(9)[[0, 1]], "multi-class")
+    aucs = iter([0.6, 0.7, 0.65, 0.7, 0.9, 0.9, 0.9, 0.9])  # epoch 2 is the best; 3 and 4 are no better
+
+    def fake_train_epoch(self, epoch):
+        self.progress.step = (epoch + 1) * self.run.steps_per_epoch
+        return {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", fake_train_epoch)
+    monkeypatch.setattr(train, "evaluate", lambda *args: {**metrics, "auc": next(aucs)})
+    trainer = train.Trainer(train.prepare(tiny_config), str(tmp_path))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    spe = trainer.run.steps_per_epoch
+    assert (trainer.progress.step, trainer.progress.best_step) == (4 * spe, 2 * spe)
+    assert "stopped early: no better val auc for 2 epochs" in capsys.readouterr().out
 
 
 def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
