@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import jax
@@ -10,6 +12,14 @@ import numpy as np
 
 DATA = Path(__file__).parent / "data"
 SHARED_PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
+
+
+def fresh_rng() -> np.random.Generator:
+    """A generator with a new seed on every call, printed so that pytest shows it with a
+    failure; MEDMAMBA_TEST_SEED=N replays one."""
+    seed = int(os.environ.get("MEDMAMBA_TEST_SEED") or secrets.randbits(32))
+    print(f"random inputs from seed {seed} (replay: MEDMAMBA_TEST_SEED={seed})")
+    return np.random.default_rng(seed)
 
 
 def rel_err(actual, expected) -> float:

@@ -9,7 +9,7 @@ import torch
 from medmamba_jax import convert, from_torch, to_torch_state_dict
 from medmamba_jax.checkpoints import load_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
-from numerics import DATA
+from numerics import DATA, fresh_rng
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_architecture_is_inferred_for_other_shapes(depths, dims, d_state, num_cl
     assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans, cfg.patch_size) == (
         depths, dims, d_state, num_classes, in_chans, patch_size)
     side = cfg.min_image_size * 2
-    x = np.random.default_rng().standard_normal((2, side, side, in_chans)).astype(np.float32)
+    x = fresh_rng().standard_normal((2, side, side, in_chans)).astype(np.float32)
     source.eval()
     np.testing.assert_array_equal(model(x), source(x))
 
@@ -136,5 +136,5 @@ def test_half_precision_state_dicts_load_exactly(state_dict):
     for dtype in (torch.bfloat16, torch.float16):
         halved = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         widened = {k: v.float() if v.is_floating_point() else v for k, v in halved.items()}
-        x = np.random.default_rng().standard_normal((1, 32, 32, 3)).astype(np.float32)
+        x = fresh_rng().standard_normal((1, 32, 32, 3)).astype(np.float32)
         np.testing.assert_array_equal(from_torch(halved)(x), from_torch(widened)(x))

@@ -24,7 +24,7 @@ from medmamba_jax.ops import pallas_scan
 from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 from medmamba_jax.ops.selective_scan import selective_scan_reference
 from medmamba_jax.ops.triton_lowering import lower_to_triton
-from numerics import DATA, NAMES, as_float32, rel_err, value_and_grads
+from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads
 
 # Small unrolled segments keep interpret-mode compile times short; the defaults are tested too.
 SMALL = ScanConfig(tile=8, seg=2, ckpt_segs=2)
@@ -72,7 +72,7 @@ class PallasScanTest(unittest.TestCase):
             self.skipTest("the compiled Triton kernel needs a GPU; the interpret-mode class covers CPU")
         self._saved = pallas_scan.INTERPRET
         pallas_scan.INTERPRET = self.INTERPRET
-        self.rng = np.random.default_rng()  # no seed: fresh inputs every run
+        self.rng = fresh_rng()  # fresh inputs every run; the seed is printed
 
     def tearDown(self):
         pallas_scan.INTERPRET = self._saved
@@ -208,7 +208,7 @@ class ScanInputChecksTest(unittest.TestCase):
                 ScanConfig.parse(text)
 
     def test_cross_scan_needs_one_b_and_c_per_direction(self):
-        rng = np.random.default_rng()
+        rng = fresh_rng()
         batch, dim, n, length = 1, 4, 2, 5
         for groups in (1, 2):
             u, delta, A, B, C, D, bias = random_inputs(rng, batch, 4, dim, n, length)
@@ -219,7 +219,7 @@ class ScanInputChecksTest(unittest.TestCase):
                                          impl=impl)
 
     def test_empty_sequences_give_empty_outputs(self):
-        args = random_inputs(np.random.default_rng(), 2, 2, 4, 3, 0)
+        args = random_inputs(fresh_rng(), 2, 2, 4, 3, 0)
         y = selective_scan_pallas(*args, delta_softplus=True)
         self.assertEqual((y.shape, y.dtype), ((2, 8, 0), jnp.float32))
         grads = jax.grad(lambda u: jnp.sum(selective_scan_pallas(u, *args[1:])))(args[0])
@@ -265,12 +265,12 @@ class TritonLoweringTest(unittest.TestCase):
 
     def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
         # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.
-        args = random_inputs(np.random.default_rng(), 1, 3, 20, 5, 37)
+        args = random_inputs(fresh_rng(), 1, 3, 20, 5, 37)
         fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True)  # noqa: E731
         self.assertEqual(set(self.kernels(fn, args)), {"forward_kernel", "backward_kernel"})
 
     def test_triton_ir_is_captured_per_kernel(self):
-        args = random_inputs(np.random.default_rng(), 1, 1, 8, 4, 6)
+        args = random_inputs(fresh_rng(), 1, 1, 8, 4, 6)
         (launch,) = lower_to_triton(lambda *a: selective_scan_pallas(*a, config=SMALL), *args, with_ir=True)
         self.assertEqual((launch.name, launch.grid), ("forward_kernel", (1, 1, 1)))
         self.assertTrue(launch.ir.startswith("module @forward_kernel"), launch.ir[:80])

@@ -7,7 +7,7 @@ import pytest
 
 from medmamba_jax.ops import cross_selective_scan, selective_scan
 from medmamba_jax.ops.selective_scan import selective_scan_associative
-from numerics import DATA, NAMES, as_float32, rel_err, value_and_grads
+from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads
 
 XLA_IMPLS = ("reference", "associative")
 
@@ -37,7 +37,7 @@ def test_matches_float64_golden(impl):
 
 @pytest.mark.parametrize("length,chunk,n_state", [(37, 8, 1), (64, 16, 4), (5, 64, 16)])
 def test_associative_matches_reference(length, chunk, n_state):
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     inputs = random_inputs(rng, 2, 3, 5, n_state, length)
     dy = rng.standard_normal((2, 15, length))
     ref = lambda *a: selective_scan(*a, delta_softplus=True, impl="reference")
@@ -50,7 +50,7 @@ def test_associative_matches_reference(length, chunk, n_state):
 
 
 def test_optional_terms_and_low_precision_inputs():
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     inputs = random_inputs(rng, 1, 2, 4, 4, 20)
     bf16 = {k: jnp.asarray(v, jnp.bfloat16) for k, v in inputs.items()}
     y = selective_scan(bf16["u"], bf16["delta"], bf16["A"], bf16["B"], bf16["C"], impl="associative")
@@ -72,7 +72,7 @@ def test_associative_backward_never_holds_the_full_state():
 
 
 def test_cross_scan_reverses_directions_two_and_three():
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     batch, dim, n_state, length = 2, 3, 4, 9
     u2 = rng.standard_normal((batch, 2, dim, length))
     delta = rng.standard_normal((batch, 4, dim, length))
