@@ -134,6 +134,40 @@ def test_stochastic_depth_only_in_train_mode():
     assert not np.allclose(model(x), model(x))  # a fresh mask per call
 
 
+def test_ss2d_on_a_non_square_map_matches_upstreams_four_flipped_sequences():
+    """The golden vectors are square, where mixing up H and W keeps every shape; on 3 x 5 it
+    would not. The reference builds upstream's four sequences (row-major, column-major, and
+    both reversed) with explicit flips and runs the mamba-layout scan on them."""
+    from medmamba_jax.models.ss2d import cross_scan_and_merge
+    from medmamba_jax.ops.selective_scan import selective_scan_reference
+
+    rng = fresh_rng()
+    b, H, W, d, N, R = 2, 3, 5, 4, 2, 1
+    L = H * W
+    x = rng.normal(size=(b, H, W, d)).astype(np.float32)
+    x_proj = (rng.normal(size=(4, R + 2 * N, d)) * 0.5).astype(np.float32)
+    dt_proj = (rng.normal(size=(4, d, R)) * 0.5).astype(np.float32)
+    dt_bias = (rng.normal(size=(4, d)) * 0.5).astype(np.float32)
+    A_logs = np.log(rng.uniform(1, 4, size=(4 * d, N))).astype(np.float32)
+    Ds = rng.normal(size=(4 * d,)).astype(np.float32)
+    got = cross_scan_and_merge(jnp.asarray(x), x_proj, dt_proj, dt_bias, A_logs, Ds, dt_rank=R, d_state=N,
+                               impl="reference")
+
+    rows = x.reshape(b, L, d).transpose(0, 2, 1)  # (b, d, L), row-major positions
+    cols = x.transpose(0, 2, 1, 3).reshape(b, L, d).transpose(0, 2, 1)  # column-major
+    xs = np.stack([rows, cols, rows[..., ::-1], cols[..., ::-1]], axis=1)  # (b, 4, d, L)
+    dbl = np.einsum("bkdl,kcd->bkcl", xs, x_proj)
+    dts = np.einsum("bkrl,kdr->bkdl", dbl[:, :, :R], dt_proj)
+    ys = np.asarray(selective_scan_reference(
+        xs.reshape(b, 4 * d, L), dts.reshape(b, 4 * d, L), -np.exp(A_logs), dbl[:, :, R:R + N],
+        dbl[:, :, R + N:], Ds, dt_bias.reshape(-1), delta_softplus=True)).reshape(b, 4, d, L).copy()
+    ys[:, 2:] = ys[:, 2:, :, ::-1]  # the reversed directions back in forward order
+    to_rows = lambda y: y.reshape(b, d, W, H).transpose(0, 1, 3, 2).reshape(b, d, L)  # noqa: E731
+    merged = ys[:, 0] + ys[:, 2] + to_rows(ys[:, 1]) + to_rows(ys[:, 3])
+    want = merged.transpose(0, 2, 1).reshape(b, H, W, d)
+    assert rel_err(got, want) <= 1e-5
+
+
 def test_odd_sizes_drop_the_last_row_and_column():
     merge = PatchMerging2D(4, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (1, 7, 5, 4))
