@@ -2,7 +2,7 @@
 
 The workdir contract, relied on by the evaluation tools::
 
-    W/config.json           the full training config (``config.from_json`` reads it back)
+    W/config.json           the full training config (``config.from_dict`` reads it back)
     W/dataset.json          what the model was trained to output: task, label_names (index
                             order), n_channels, num_classes, multi_label; the tools name
                             classes from it, not from the data folder as it is now
@@ -154,16 +154,14 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     return None
 
 
-def _read_json_text(path: str) -> str:
-    """The text of a JSON file the run wrote, checked to parse; ConfigError for a damaged one."""
+def _read_json(path: str) -> Any:
+    """The parsed contents of a JSON file the run wrote; ConfigError for a damaged one."""
     with open(path) as f:
-        text = f.read()
-    try:
-        json.loads(text)
-    except ValueError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); restore it from a backup, or train again "
-                          "in another --workdir") from None
-    return text
+        try:
+            return json.load(f)
+        except ValueError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err}); restore it from a backup, or train again "
+                              "in another --workdir") from None
 
 
 def read_dataset_info(workdir: str) -> dict[str, Any] | None:
@@ -171,14 +169,14 @@ def read_dataset_info(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, DATASET_FILE)
     if not os.path.exists(path):
         return None
-    return json.loads(_read_json_text(path))
+    return _read_json(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise NoCheckpointError(f"{path} not found: {workdir} is not a training workdir")
-    return config_lib.from_json(_read_json_text(path))
+    return config_lib.from_dict(_read_json(path))
 
 
 class Trained(NamedTuple):
@@ -210,14 +208,15 @@ def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
     kinds = (which, "latest") if which == "best" else (which,)
     for kind in kinds:
         directory = os.path.join(workdir, "checkpoints", kind)
+        if not os.path.isdir(directory):
+            continue
         models: list[MedMamba] = []
 
         def templates(meta: dict):
             models.append(shell_model(MedMambaConfig.from_dict(meta["model_config"])))
             return nnx.state(models[-1]), None
 
-        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates) \
-            if os.path.isdir(directory) else None
+        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates)
         if restored is None:
             continue
         model, step = models[-1], int(restored[2]["step"])

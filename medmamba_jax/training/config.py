@@ -1,14 +1,13 @@
 """The training config: every key with its default, validation, and JSON round-trip.
 
 The recipes in ``configs/`` start from ``default_config()`` and override what differs.
-A workdir's ``config.json`` is read back with ``from_json``, which fills keys added
+A workdir's ``config.json`` is read back with ``from_dict``, which fills keys added
 since the run with their defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import ml_collections
@@ -142,10 +141,10 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return overrides
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-    """A config from ``to_json`` output; keys missing from it take their defaults."""
+def from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A config from the parsed JSON of a saved ``config.json``; keys missing from it take
+    their defaults."""
     config = default_config()
-    values = json.loads(text)
     unknown = sorted(set(values) - set(config.keys()))
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} in the saved config")
