@@ -182,9 +182,16 @@ def test_missing_workdir(tmp_path, capsys):
     assert f"convert it first: python -m medmamba_jax.convert {pth} DIR" in capsys.readouterr().err
 
 
-def test_a_moved_dataset_is_named_and_found_with_data_dir(tools_workdir, tmp_path, capsys):
+@pytest.fixture
+def workdir_copy(tools_workdir, tmp_path) -> str:
+    """A copy of the shared tools workdir that a test may damage."""
     workdir = str(tmp_path / "copied")
     shutil.copytree(tools_workdir, workdir)
+    return workdir
+
+
+def test_a_moved_dataset_is_named_and_found_with_data_dir(workdir_copy, tmp_path, capsys):
+    workdir = workdir_copy
     config_path = os.path.join(workdir, "config.json")
     config = json.load(open(config_path))
     data_dir, config["data_dir"] = config["data_dir"], str(tmp_path / "gone")
@@ -197,9 +204,8 @@ def test_a_moved_dataset_is_named_and_found_with_data_dir(tools_workdir, tmp_pat
     assert metrics["accuracy"] == pytest.approx(json.load(open(os.path.join(workdir, "results.json")))["accuracy"])
 
 
-def test_a_missing_or_unreadable_best_checkpoint_is_named_not_passed_off_as_best(tools_workdir, tmp_path, capsys):
-    workdir = str(tmp_path / "copied")
-    shutil.copytree(tools_workdir, workdir)
+def test_a_missing_or_unreadable_best_checkpoint_is_named_not_passed_off_as_best(workdir_copy, tmp_path, capsys):
+    workdir = workdir_copy
     best = os.path.join(workdir, "checkpoints", "best")
     step = int(os.listdir(best)[0])
     for damage in ("unreadable", "missing"):
@@ -219,9 +225,8 @@ def test_a_missing_or_unreadable_best_checkpoint_is_named_not_passed_off_as_best
 
 
 @pytest.mark.parametrize("damaged", ["config.json", "dataset.json"])
-def test_a_damaged_workdir_json_is_one_line(tools_workdir, tmp_path, capsys, damaged):
-    workdir = str(tmp_path / "copied")
-    shutil.copytree(tools_workdir, workdir)
+def test_a_damaged_workdir_json_is_one_line(workdir_copy, capsys, damaged):
+    workdir = workdir_copy
     with open(os.path.join(workdir, damaged), "w") as f:
         f.write('{"x":')
     assert run(predict.main, ["--workdir", workdir, "x.png"]) == 1
