@@ -50,6 +50,14 @@ def random_inputs(rng, batch, groups, dim, n, length, dtype=np.float32, extras=T
     return arrays
 
 
+def cross_layout(u, delta, dim: int) -> tuple[jax.Array, jax.Array]:
+    """Mamba-layout u, delta (b, 4*dim, L) as the cross scan's u2 (b, 2, L, dim), the first two
+    directions' sequences, and delta (b, 4, L, dim)."""
+    batch, _, length = u.shape
+    minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
+    return minor(u)[:, :2], minor(delta)
+
+
 def pallas_outputs(jaxpr) -> list[int]:
     """The number of outputs of each pallas_call in a jaxpr, nested ones included, in order."""
     found = []
@@ -159,8 +167,7 @@ class PallasScanTest(unittest.TestCase):
     def test_cross_scan_matches_generic_path(self):
         batch, dim, n, length = 2, 12, 4, 23
         u, delta, A, B, C, D, bias = random_inputs(self.rng, batch, 4, dim, n, length)
-        minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
-        args = [minor(u)[:, :2], minor(delta), A, B, C, D, bias]
+        args = [*cross_layout(u, delta, dim), A, B, C, D, bias]
         dy = jnp.asarray(self.rng.standard_normal((batch, 4, length, dim)), jnp.float32)
         got = value_and_grads(lambda *a: cross_selective_scan_pallas(*a, config=SMALL), args, dy)
         want = value_and_grads(lambda *a: cross_selective_scan(*a, impl="reference"), args, dy)
@@ -171,8 +178,7 @@ class PallasScanTest(unittest.TestCase):
     def test_cross_scan_without_skip_and_bias(self):
         batch, dim, n, length = 1, 8, 4, 9
         u, delta, A, B, C, _, _ = random_inputs(self.rng, batch, 4, dim, n, length, extras=False)
-        minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
-        args = (minor(u)[:, :2], minor(delta), A, B, C, None, None)
+        args = (*cross_layout(u, delta, dim), A, B, C, None, None)
         want = cross_selective_scan(*args, impl="reference")
         self.assert_close(cross_selective_scan_pallas(*args, config=SMALL), want, 1e-5, "y")
 
@@ -212,10 +218,9 @@ class ScanInputChecksTest(unittest.TestCase):
         batch, dim, n, length = 1, 4, 2, 5
         for groups in (1, 2):
             u, delta, A, B, C, D, bias = random_inputs(rng, batch, 4, dim, n, length)
-            minor = lambda x: jnp.swapaxes(x.reshape(batch, 4, dim, length), 2, 3)  # noqa: E731
             for impl in ("reference", "associative", "pallas"):
                 with self.assertRaisesRegex(ValueError, "one group per direction"):
-                    cross_selective_scan(minor(u)[:, :2], minor(delta), A, B[:, :groups], C[:, :groups], D, bias,
+                    cross_selective_scan(*cross_layout(u, delta, dim), A, B[:, :groups], C[:, :groups], D, bias,
                                          impl=impl)
 
     def test_empty_sequences_give_empty_outputs(self):
