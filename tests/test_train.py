@@ -55,6 +55,20 @@ def _assert_losses_match_reference(workdir, reference_run):
     np.testing.assert_allclose([ours[s] for s in sorted(ours)], [one[s] for s in sorted(ours)], rtol=1e-4)
 
 
+def _assert_records_and_results_match(workdir, reference) -> None:
+    """Each (split, step) is logged once, as in the uninterrupted ``reference`` run, with its
+    values (the epoch's mean loss included; timings aside), and results.json is the same."""
+    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert sorted(logged) == sorted((r["split"], r["step"]) for r in _records(reference))
+    skipped = ("images_per_sec", "seconds", "split")
+    ours, theirs = ({(r["split"], r["step"]): {k: v for k, v in r.items() if k not in skipped} for r in _records(w)}
+                    for w in (workdir, reference))
+    for key, record in theirs.items():
+        assert ours[key] == pytest.approx(record, rel=1e-5, nan_ok=True), key
+    assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
+        open(os.path.join(reference, "results.json")))
+
+
 def _weights(workdir, which="latest"):
     model, _ = load_trained(workdir, which)
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))]
@@ -117,16 +131,7 @@ def test_interrupt_kill_and_resume_give_identical_results(reference_run, fake_me
     resumed = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     assert "resuming from step" in resumed.stdout
     reference, _ = reference_run
-    # The steps redone after the resumed checkpoint are logged once, as in an uninterrupted run.
-    logged = [(r["split"], r["step"]) for r in _records(workdir)]
-    assert sorted(logged) == sorted((r["split"], r["step"]) for r in _records(reference))
-    skipped = ("images_per_sec", "seconds", "split")  # all else, the epoch's mean loss included, must agree
-    ours, theirs = ({(r["split"], r["step"]): {k: v for k, v in r.items() if k not in skipped} for r in _records(w)}
-                    for w in (workdir, reference))
-    for key, record in theirs.items():
-        assert ours[key] == pytest.approx(record, rel=1e-5, nan_ok=True), key
-    assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
-        open(os.path.join(reference, "results.json")))
+    _assert_records_and_results_match(workdir, reference)
     for a, b in zip(_weights(workdir), _weights(reference), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -264,9 +269,9 @@ def test_ctrl_c_in_the_end_of_epoch_save_keeps_that_epochs_records(tiny_config, 
 
     save = checkpointing.save
 
-    def save_then_ctrl_c(manager, step, *args, **kwargs):
-        save(manager, step, *args, **kwargs)
-        if str(manager.directory).endswith("latest"):
+    def save_then_ctrl_c(manager, step, model_state, meta, *args):
+        save(manager, step, model_state, meta, *args)
+        if str(manager.directory).endswith("latest") and meta["awaiting_validation"] is None:
             raise KeyboardInterrupt  # where interrupts_deferred delivers a Ctrl-C held during the save
 
     monkeypatch.setattr(checkpointing, "save", save_then_ctrl_c)
@@ -277,6 +282,36 @@ def test_ctrl_c_in_the_end_of_epoch_save_keeps_that_epochs_records(tiny_config, 
     train_and_evaluate(tiny_config, workdir)  # resumes at step 6 and only tests
     logged = [(r["split"], r["step"]) for r in _records(workdir)]
     assert [x for x in logged if x[0] != "train"] == [("val", 6), ("epoch", 6), ("test", 6)]
+
+
+def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_copy, tmp_path, monkeypatch):
+    """The first validation fails (as an eval_batch_size too large for the device would); the
+    resumed run validates epoch 1 without training it again, and ends as the uninterrupted
+    reference did."""
+    from medmamba_jax.training import train
+
+    _, config = reference_copy
+    evaluate, train_epoch = train.evaluate, train.Trainer.train_epoch
+
+    def out_of_memory(run, model_def, model_state, split):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(train, "evaluate", out_of_memory)
+    workdir = str(tmp_path / "failed")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train.train_and_evaluate(config, workdir)
+    assert _latest_steps(workdir)[-1] == 6
+    trained = []
+
+    def recorded_train_epoch(self, epoch):
+        trained.append(epoch)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train.Trainer, "train_epoch", recorded_train_epoch)
+    train.train_and_evaluate(config, workdir)
+    assert trained == [1]  # 0-based: only the second epoch
+    _assert_records_and_results_match(workdir, reference_copy[0])
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):

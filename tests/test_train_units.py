@@ -45,7 +45,7 @@ def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, 
 
     def fake_train_epoch(self, epoch):
         self.progress.step = (epoch + 1) * self.run.steps_per_epoch
-        return {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
+        self.progress.awaiting_validation = {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
 
     monkeypatch.setattr(train.Trainer, "train_epoch", fake_train_epoch)
     monkeypatch.setattr(train, "evaluate", lambda *args: {**metrics, "auc": next(aucs)})
@@ -160,15 +160,29 @@ def test_cli_unknown_config_override_fails(tmp_path):
     assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr
 
 
-def _tensorboard_points(workdir) -> list[tuple[str, int]]:
-    """(tag, step) of every scalar in the workdir's TensorBoard event files, read with TensorFlow."""
+def _tensorboard_points(workdir) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar that TensorBoard shows, read with TensorFlow. As in
+    TensorBoard's loader, each run directory's event files are read in name order, and a
+    restart (a SessionLog START at step S after the run's first one; purge_step writes them)
+    hides the points read before it at step S or later."""
+    import collections
     import glob
 
     import tensorflow as tf
 
-    files = glob.glob(os.path.join(workdir, "tensorboard", "**", "events.*"), recursive=True)
-    return sorted((value.tag, event.step) for path in files for event in tf.compat.v1.train.summary_iterator(path)
-                  for value in event.summary.value)
+    runs = collections.defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "**", "events.*"), recursive=True)):
+        runs[os.path.dirname(path)].append(path)
+    shown = []
+    for paths in runs.values():
+        points, started = [], False
+        for event in (e for path in paths for e in tf.compat.v1.train.summary_iterator(path)):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                points = [p for p in points if p[1] < event.step] if started else points
+                started = True
+            points += [(value.tag, event.step, round(value.simple_value, 6)) for value in event.summary.value]
+        shown += points
+    return sorted(shown)
 
 
 def test_rerunning_a_finished_run_leaves_one_test_result_in_tensorboard(tmp_path):
@@ -180,8 +194,23 @@ def test_rerunning_a_finished_run_leaves_one_test_result_in_tensorboard(tmp_path
     rerun = reporting.Reporter(workdir, start_step=6)  # nothing left to train: only the test again
     rerun.write("test", 4, 0, {"accuracy": 0.5})
     rerun.close()
-    assert _tensorboard_points(workdir) == [("test/accuracy", 4), ("train/loss", 6)]
+    assert _tensorboard_points(workdir) == [("test/accuracy", 4, 0.5), ("train/loss", 6, 1.0)]
     assert [r["split"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))] == ["train", "test"]
+
+
+def test_a_run_resumed_before_validation_records_that_validation_once(tmp_path):
+    workdir = str(tmp_path)
+    failed = reporting.Reporter(workdir)  # an attempt that saved step 6 for validation...
+    failed.write("train", 5, 0, {"loss": 1.0})
+    failed.write("train", 6, 0, {"loss": 2.0})
+    failed.write("val", 6, 0, {"auc": 0.5})  # ...and failed after writing this record, before saving again
+    failed.close()
+    resumed = reporting.Reporter(workdir, start_step=6, revalidate=True)
+    resumed.write("val", 6, 0, {"auc": 0.75})
+    resumed.close()
+    assert _tensorboard_points(workdir) == [("train/loss", 5, 1.0), ("train/loss", 6, 2.0), ("val/auc", 6, 0.75)]
+    records = [(r["split"], r["step"]) for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))]
+    assert records == [("train", 5), ("train", 6), ("val", 6)]
 
 
 def test_a_fresh_start_drops_an_earlier_attempts_records(tmp_path):

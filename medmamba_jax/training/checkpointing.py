@@ -9,7 +9,8 @@ The workdir contract, relied on by the evaluation tools::
     W/checkpoints/latest/   Orbax CheckpointManager, the 2 newest training states, one
                             directory per micro-step, items ``model`` (nnx.state of the
                             MedMamba: Params, BatchStats, RNG state), ``opt`` (optimizer
-                            state) and ``meta`` (JSON: step, epoch, best-so-far, model_config)
+                            state) and ``meta`` (JSON: step, epoch, best-so-far, model_config,
+                            and an epoch's train scalars while it awaits validation)
     W/checkpoints/best/     Orbax CheckpointManager, the one state with the best validation
                             ``config.best_metric``; items ``model`` and ``meta``
     W/results.json          test metrics of the best checkpoint: accuracy, auc, precision,

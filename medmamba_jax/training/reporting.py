@@ -20,27 +20,39 @@ class Reporter:
 
     A run that starts at ``start_step`` (0 for a fresh start) writes again what came after that
     step, and its test results: those records of an earlier attempt are dropped from
-    metrics.jsonl and hidden from TensorBoard. Test scalars go to their own TensorBoard run,
-    W/tensorboard/test, which each test replaces, so re-running a finished run (or one given
-    more epochs) shows one test result, not two.
+    metrics.jsonl and hidden from TensorBoard. ``revalidate`` also drops the val and epoch
+    records at ``start_step`` itself, for a run resumed between an epoch's training and its
+    validation. Test scalars go to their own TensorBoard run, W/tensorboard/test, which each
+    test replaces, so re-running a finished run (or one given more epochs) shows one test
+    result, not two.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0, revalidate: bool = False):
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
+        def kept(record: dict) -> bool:
+            if record["split"] == "test" or record["step"] > start_step:
+                return False
+            return not (revalidate and record["step"] == start_step and record["split"] in ("val", "epoch"))
+
         path = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(path):
-            _keep_records(path, lambda r: r["step"] <= start_step and r["split"] != "test")
+        at_start = _keep_records(path, kept) if os.path.exists(path) else []
         self._jsonl = open(path, "a")
         self._tb_dir = os.path.join(workdir, "tensorboard")
         if start_step == 0:  # an earlier attempt's test result, which _replace_test_run would not reach
             shutil.rmtree(os.path.join(self._tb_dir, "test"), ignore_errors=True)
         # tensorboardX names event files by the second and opens them with "wb": a run restarted
         # within the same second would otherwise erase the previous run's events.
-        self._tb = SummaryWriter(self._tb_dir, purge_step=start_step + 1, filename_suffix=f".{time.time_ns()}")
+        self._tb = SummaryWriter(self._tb_dir, purge_step=start_step, filename_suffix=f".{time.time_ns()}")
+        # The purge hides start_step itself, where only some records may be stale: the kept ones
+        # are written again.
+        for record in at_start:
+            if record["step"] == start_step:
+                self._add_scalars(record)
+        self._tb.flush()
 
     def write(self, split: str, step: int, epoch: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -51,9 +63,13 @@ class Reporter:
         if split == "test":
             self._replace_test_run(step, scalars)
             return
-        for name, value in scalars.items():
-            self._tb.add_scalar(f"{split}/{name}", value, step)
+        self._add_scalars(record)
         self._tb.flush()
+
+    def _add_scalars(self, record: dict) -> None:
+        for name, value in record.items():
+            if name not in ("step", "epoch", "split"):
+                self._tb.add_scalar(f"{record['split']}/{name}", value, record["step"])
 
     def _replace_test_run(self, step: int, scalars: dict[str, float]) -> None:
         from tensorboardX import SummaryWriter
@@ -70,9 +86,9 @@ class Reporter:
             self._tb.close()
 
 
-def _keep_records(path: str, keep) -> None:
-    """Rewrites a JSON-lines file with the records ``keep`` accepts; a line that a killed run
-    left half-written is dropped."""
+def _keep_records(path: str, keep) -> list[dict]:
+    """Rewrites a JSON-lines file with the records ``keep`` accepts, and returns them; a line
+    that a killed run left half-written is dropped."""
     records = []
     with open(path) as f:
         for line in f:
@@ -80,10 +96,12 @@ def _keep_records(path: str, keep) -> None:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
+    records = [r for r in records if keep(r)]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+        f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(tmp, path)
+    return records
 
 
 class Progress:

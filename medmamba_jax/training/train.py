@@ -38,6 +38,9 @@ class Progress:
     bad_epochs: int = 0  # epochs since the best one, for early stopping
     loss_sum: float = 0.0  # running sum and count of this epoch's losses
     loss_count: int = 0
+    # The train scalars of an epoch whose training is saved and whose validation is not yet:
+    # a run resumed there validates it without training it again.
+    awaiting_validation: dict | None = None
 
 
 @dataclasses.dataclass
@@ -126,9 +129,11 @@ class Trainer:
         self.model_state = sharding.replicate(run.mesh, model_state)
         self.opt_state = sharding.replicate(run.mesh, opt_state)
         self.progress = Progress()
+        self.validated_here = False  # whether this process has validated an epoch yet
         self._resume()
         self._discard_beyond(self.progress.step)
-        self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step)
+        self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step,
+                                           revalidate=self.progress.awaiting_validation is not None)
         self.train_step = steps.make_train_step(
             self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
             int(self.config.seed), run.mesh,
@@ -159,7 +164,9 @@ class Trainer:
         self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
         if self.is_main:
             done = self.progress.step // self.run.steps_per_epoch
-            print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs done")
+            pending = " (the last one not yet validated)" if self.progress.awaiting_validation is not None else ""
+            print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs "
+                  f"trained{pending}")
 
     def _discard_beyond(self, step: int) -> None:
         """Drops best checkpoints after ``step``: they belong to an attempt that this run redoes
@@ -203,8 +210,9 @@ class Trainer:
         checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
                            _meta(self.run, self.progress, epoch), self.opt_state)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """Micro-steps from the current one to the end of ``epoch``; returns train scalars."""
+    def train_epoch(self, epoch: int) -> None:
+        """Micro-steps from the current one to the end of ``epoch``; the epoch's train scalars
+        then await its validation."""
         spe, config, micro = self.run.steps_per_epoch, self.config, self.run.stream.micro_batch
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
@@ -232,13 +240,19 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - began
         p = self.progress
-        return {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
-                "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
+        p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
+                                 "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
+        # A validation that cannot run (eval_batch_size too large for the device, say) fails the
+        # first time a process validates: save before it, so that fixing it costs no training.
+        # Later validations compile and run the same program, and each save costs seconds.
+        if not self.validated_here:
+            self._save_latest(epoch)
 
-    def end_epoch(self, epoch: int, train: dict[str, float]) -> None:
-        """Validates, keeps the best checkpoint, saves the latest, reports one line."""
+    def end_epoch(self, epoch: int) -> None:
+        """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line."""
         val = evaluate(self.run, self.model_def, self.model_state, "val")
         value, p = val[self.config.best_metric], self.progress
+        train, p.awaiting_validation, self.validated_here = p.awaiting_validation, None, True
         improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
         if improved:
             p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
@@ -262,10 +276,12 @@ class Trainer:
 
     def fit(self) -> None:
         spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
+        if self.progress.awaiting_validation is not None:  # resumed after training an epoch
+            self.end_epoch(self.progress.step // spe - 1)
         while self.progress.step < spe * num_epochs and not self.stopped_early():
             epoch = self.progress.step // spe
-            train = self.train_epoch(epoch)
-            self.end_epoch(epoch, train)
+            self.train_epoch(epoch)
+            self.end_epoch(epoch)
         if self.stopped_early() and self.is_main:
             print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
 
