@@ -101,3 +101,12 @@ def test_bad_shapes_and_impl_are_rejected():
         selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"][:, :1].repeat(3, 1), inputs["C"][:, :1].repeat(3, 1))
     with pytest.raises(ValueError, match="unknown scan impl"):
         selective_scan(*(inputs[n] for n in NAMES[:5]), impl="cuda")
+
+
+@pytest.mark.parametrize("impl", ["reference", "associative", "pallas"])
+@pytest.mark.parametrize("name", ["D", "delta_bias"])
+def test_a_per_channel_vector_of_another_length_is_rejected_not_broadcast(impl, name):
+    inputs = random_inputs(np.random.default_rng(0), 1, 2, 2, 4, 6)
+    inputs[name] = inputs[name][:1]  # (1,) would broadcast over the 4 channels
+    with pytest.raises(ValueError, match=rf"{name} must be \(4,\), got \(1,\)"):
+        selective_scan(*(inputs[n] for n in NAMES), impl=impl)

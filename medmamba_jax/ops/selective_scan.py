@@ -83,9 +83,10 @@ def check_cross_shapes(u2, delta, A, B, C, D, delta_bias) -> tuple[int, int, int
     return batch, length, dim
 
 
-def prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus) -> ScanInputs:
-    """Casts to float32, applies the bias and softplus, and splits channels per group."""
-    batch, groups, dim, n_state, length = check_shapes(u, delta, A, B, C)
+def prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus) -> ScanInputs:
+    """Checks every shape (D is added later, by add_skip), casts to float32, applies the bias
+    and softplus, and splits channels per group."""
+    batch, groups, dim, n_state, length = check_shapes(u, delta, A, B, C, D, delta_bias)
     f32 = jnp.float32
     dt = delta.astype(f32)
     if delta_bias is not None:
@@ -113,7 +114,7 @@ def selective_scan_reference(
     u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = False
 ) -> jax.Array:
     """Sequential recurrence, one ``lax.scan`` step per position. Returns (b, K*D, L) float32."""
-    x = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    x = prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     batch, groups, dim, length = x.u.shape
 
     def step(h, inputs):
@@ -168,7 +169,7 @@ def selective_scan_associative(
     Peak memory of the forward and backward passes is about five
     (b, K*D, chunk_size, N) float32 arrays, independent of L.
     """
-    x = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    x = prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     batch, groups, dim, length = x.u.shape
     chunk_size = max(1, min(chunk_size, length))
     n_chunks = -(-length // chunk_size)
