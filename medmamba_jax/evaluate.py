@@ -1,10 +1,13 @@
 r"""Evaluate a trained workdir on a split: metrics.json, confusion_matrix.png, roc.png and a table.
 
-    python -m medmamba_jax.evaluate --workdir runs/pathmnist [--split test] [--out DIR]
+    python -m medmamba_jax.evaluate --workdir runs/pathmnist [--split test] [--out DIR] [--bootstrap 1000]
 
 metrics.json has the results.json keys (accuracy, auc, precision, sensitivity,
 specificity, f1) and the per-class lists, computed by medmamba_jax.evaluation.metrics
 exactly as training does, so the test split of the best checkpoint reproduces results.json.
+With --bootstrap N it also has "ci95": each of those six metrics' 95% percentile-bootstrap
+interval over N draws of the split's images (seed 0, so the same command gives the same
+intervals); a metric undefined on some draw has a NaN interval.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cli.add_split_args(parser)
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT)")
     cli.add_batch_size(parser, 64)
-    return parser.parse_args(argv)
+    parser.add_argument("--bootstrap", type=cli.int_at_least(0), default=0, metavar="N",
+                        help="also give 95%% confidence intervals from N bootstrap draws, e.g. 1000 "
+                        "(default: 0, none)")
+    args = parser.parse_args(argv)
+    if args.bootstrap == 1:
+        parser.error("argument --bootstrap: takes 0 (off) or at least 2 draws")
+    return args
 
 
 def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray, title: str) -> str:
@@ -43,6 +52,9 @@ def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray,
     lines.append(f"{'macro average':<{width}} " + " ".join(f"{metrics[m]:>11.4f}" for m in PER_CLASS)
                  + f" {int(support.sum()):>8}")
     lines.append(f"accuracy {metrics['accuracy']:.4f}")
+    if "ci95" in metrics:
+        lines.append(f"95% bootstrap intervals ({metrics['bootstrap_draws']} draws): " + ", ".join(
+            f"{key} {low:.4f}-{high:.4f}" for key, (low, high) in metrics["ci95"].items()))
     return "\n".join(lines)
 
 
@@ -68,6 +80,7 @@ def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndar
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from medmamba_jax.evaluation import metrics_and_outcomes
+    from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
@@ -77,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
+    if args.bootstrap:
+        intervals = bootstrap_intervals(labels, scores, loaded.task, args.bootstrap, progress=args.split)
+        metrics.update(ci95=intervals, bootstrap_draws=args.bootstrap)
     out = cli.output_dir(out)
     support = truth.sum(axis=0)
     record = {**metrics, "split": args.split, "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step,

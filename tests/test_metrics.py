@@ -139,3 +139,33 @@ def test_bad_task_and_shapes_are_rejected():
         compute_metrics(np.zeros(3), np.zeros((3, 2)), "regression")
     with pytest.raises(ValueError, match="scores must be"):
         compute_metrics(np.zeros(3), np.zeros((4, 2)), "multi-class")
+
+
+def test_bootstrap_interval_of_accuracy_is_the_binomial_one():
+    """For accuracy (a mean of n hits) the bootstrap interval must match p ± 1.96·sqrt(p(1-p)/n);
+    it would be far off if labels and scores were drawn apart, or the images not replaced."""
+    from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
+
+    rng = fresh_rng()
+    n = 1000
+    labels = rng.integers(0, 2, n)
+    scores = _softmax(rng.normal(size=(n, 2)) + 1.2 * np.eye(2)[labels])
+    intervals = bootstrap_intervals(labels, scores, "binary-class", resamples=400, seed=3)
+    p = compute_metrics(labels, scores, "binary-class")["accuracy"]
+    half = 1.96 * np.sqrt(p * (1 - p) / n)  # 0.028 at p = 0.7; resampling noise in the ends is ~0.003
+    np.testing.assert_allclose(intervals["accuracy"], (p - half, p + half), atol=0.008)
+    for key, (low, high) in intervals.items():
+        assert 0.0 <= low < high <= 1.0, key
+    assert bootstrap_intervals(labels, scores, "binary-class", resamples=400, seed=3) == intervals
+    assert bootstrap_intervals(labels, scores, "binary-class", resamples=400, seed=4) != intervals
+
+
+def test_bootstrap_interval_of_an_undefined_auc_is_nan():
+    from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
+
+    labels = np.array([0, 0, 0, 0, 1])  # many draws hold no positive: their AUC is undefined
+    scores = _softmax(np.eye(2)[labels] * 2.0)
+    intervals = bootstrap_intervals(labels, scores, "binary-class", resamples=50)
+    assert np.isnan(intervals["auc"]).all() and intervals["accuracy"] == (1.0, 1.0)
+    with pytest.raises(ValueError, match="resamples must be at least 2"):
+        bootstrap_intervals(labels, scores, "binary-class", resamples=1)

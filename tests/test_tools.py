@@ -54,6 +54,23 @@ def test_evaluate_writes_metrics_and_plots(tools_workdir, tmp_path, capsys):
     assert re.search(r"\rtest: .* 0/3 ", captured.err)  # a progress bar over the 3 batches of 8
 
 
+def test_evaluate_bootstrap_gives_intervals_around_the_metrics(tools_workdir, tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    assert run(evaluate.main, ["--workdir", tools_workdir, "--out", out, "--bootstrap", "200"]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert sorted(metrics["ci95"]) == sorted(SUMMARY_KEYS) and metrics["bootstrap_draws"] == 200
+    for key, (low, high) in metrics["ci95"].items():
+        assert 0.0 <= low < high <= 1.0, key  # 18 test images: every metric varies between draws
+    low, high = metrics["ci95"]["accuracy"]
+    assert low <= metrics["accuracy"] <= high
+    captured = capsys.readouterr()
+    assert f"95% bootstrap intervals (200 draws): accuracy {low:.4f}-{high:.4f}, auc" in captured.out
+    assert "bootstrap test" in captured.err  # its progress bar
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", tools_workdir, "--bootstrap", "1"])
+    assert "takes 0 (off) or at least 2 draws" in capsys.readouterr().err
+
+
 def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images, capsys):
     files = [sample_images[n] for n in ("rgb.png", "gray.png", "notes.txt", "rgba.png", "photo.jpg", "scan.dcm")]
     assert run(predict.main, ["--workdir", tools_workdir, "--top-k", "3", *files]) == 1  # one file failed
