@@ -60,6 +60,20 @@ def save_model(directory: str | os.PathLike, model: MedMamba) -> Path:
     return directory
 
 
+def restore_targets(tree):
+    """What Orbax should restore ``tree``'s arrays (or shape structs) as. A leaf without a
+    sharding (an abstract model built for loading) goes to this process's first device: left
+    to Orbax, it would take the saved sharding, which may name devices that are not here (a
+    run on several devices or hosts, loaded on one)."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(leaf):
+        struct = ocp.utils.to_shape_dtype_struct(leaf)
+        return struct if struct.sharding is not None else jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=here)
+
+    return jax.tree.map(target, tree)
+
+
 def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, seed: int = 0) -> MedMamba:
     """Reads a directory written by :func:`save_model`; the model comes back in eval mode."""
     directory = Path(directory).absolute()
@@ -71,8 +85,7 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
         values["scan_impl"] = scan_impl
     model = shell_model(MedMambaConfig.from_dict(values), seed)
     state = weights_state(model)
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
-    restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, target)
+    restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, restore_targets(nnx.to_pure_dict(state)))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     model.eval()

@@ -1,5 +1,7 @@
 """Weight conversion: PyTorch -> JAX -> PyTorch, the convert command, and clear failures."""
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from medmamba_jax import convert, from_torch, to_torch_state_dict
 from medmamba_jax.checkpoints import load_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
+from conftest import ROOT
 from numerics import DATA, fresh_rng
 
 
@@ -81,6 +84,28 @@ def test_convert_command_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "converted"
     assert convert.main([str(DATA / "tiny.pth"), str(out)]) == 0
     assert "num_classes=5" in capsys.readouterr().out
+    golden = np.load(DATA / "tiny.npz")
+    x = golden["x_nchw"].transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(load_model(out)(x), from_torch(DATA / "tiny.pth")(x))
+
+
+def test_a_model_saved_on_eight_devices_loads_on_one(tmp_path):
+    """Saved with its weights replicated over 8 devices, as a multi-device run holds them; the
+    checkpoint's shardings name devices this process does not have."""
+    out = str(tmp_path / "eight")
+    save = (
+        "import jax\n"
+        "from flax import nnx\n"
+        "from medmamba_jax import from_torch\n"
+        "from medmamba_jax.checkpoints import save_model\n"
+        "from medmamba_jax.training import sharding\n"
+        f"model = from_torch({str(DATA / 'tiny.pth')!r})\n"
+        "nnx.update(model, sharding.replicate(sharding.make_mesh(), nnx.state(model)))\n"
+        "assert len(model.head.kernel.value.sharding.device_set) == 8\n"
+        f"save_model({out!r}, model)\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
+    subprocess.run([sys.executable, "-c", save], env=env, cwd=ROOT, check=True, timeout=300)
     golden = np.load(DATA / "tiny.npz")
     x = golden["x_nchw"].transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(load_model(out)(x), from_torch(DATA / "tiny.pth")(x))

@@ -34,12 +34,11 @@ import tempfile
 import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from medmamba_jax.checkpoints import shell_model
+from medmamba_jax.checkpoints import restore_targets, shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
@@ -123,10 +122,6 @@ def has_checkpoint(workdir: str, kind: str | None = None) -> bool:
     return os.path.isdir(directory) and bool(ocp.utils.checkpoint_steps(directory))
 
 
-def _abstract(tree):
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[Any, Any]]):
     """(model_state, opt_state, meta) of the newest readable checkpoint, or None if there is none.
 
@@ -139,9 +134,9 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
         try:
             meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
             model_state, opt_state = templates(meta)
-            items = {"model": ocp.args.StandardRestore(_abstract(model_state))}
+            items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
             if opt_state is not None:
-                items["opt"] = ocp.args.StandardRestore(_abstract(opt_state))
+                items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except ConfigError:
             raise
