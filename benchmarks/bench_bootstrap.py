@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import scipy.special
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,8 +35,7 @@ def fake_split(flag: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
         labels = (rng.random((n, k)) < 0.1).astype(np.int64)
         return labels, rng.random((n, k)), task
     labels = rng.integers(0, k, n)
-    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[labels]
-    scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = scipy.special.softmax(rng.normal(size=(n, k)) + 2.0 * np.eye(k)[labels], axis=1)
     return labels[:, None], scores, task
 
 
