@@ -1,4 +1,4 @@
-"""The analysis commands (evaluate, predict, explain, robustness, flops) on a tiny trained workdir."""
+"""The analysis commands (evaluate, predict, explain, robustness, flops, curves) on a tiny trained workdir."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from conftest import assert_png_not_blank
 
-from medmamba_jax import evaluate, explain, flops, predict, robustness
+from medmamba_jax import curves, evaluate, explain, flops, predict, robustness
 from medmamba_jax.analysis import cli
 from medmamba_jax.evaluation import SUMMARY_KEYS
 
@@ -26,7 +26,7 @@ def run(main, argv) -> int:
     return cli.run(main, argv)
 
 
-@pytest.mark.parametrize("module", [evaluate, predict, explain, robustness, flops])
+@pytest.mark.parametrize("module", [evaluate, predict, explain, robustness, flops, curves])
 def test_help(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
@@ -149,6 +149,17 @@ def test_explain_gradcam_command(tools_workdir, sample_images, tmp_path, capsys)
     assert "is a file, not a directory" in capsys.readouterr().err
     assert run(explain.main, ["gradcam", "--workdir", tools_workdir, sample_images["notes.txt"], "--out", out]) == 1
     assert run(explain.main, ["gradcam", "--workdir", tools_workdir, files[0], "--out", out, "--target", "x"]) == 1
+
+
+def test_curves_of_a_trained_workdir(tools_workdir, tmp_path, capsys):
+    """train.py drew W/curves.png; the command draws it again, starring the run's best_metric."""
+    assert_png_not_blank(os.path.join(tools_workdir, "curves.png"))
+    out = str(tmp_path / "curves.png")
+    assert run(curves.main, [tools_workdir, "--out", out]) == 0
+    assert_png_not_blank(out)
+    best = max(r["auc"] for r in map(json.loads, open(os.path.join(tools_workdir, "metrics.jsonl")))
+               if r["split"] == "val")
+    assert f"workdir: 1 epoch, best val auc {best:.4f} at epoch 1" in capsys.readouterr().err
 
 
 def test_explain_tsne(tools_workdir, tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, run_train, train_cmd
+from conftest import ROOT, assert_png_not_blank, run_train, train_cmd
 from medmamba_jax.training.checkpointing import load_trained
 
 # The learning rate drops after the first epoch, so the logged rates can be checked.
@@ -89,6 +89,8 @@ def test_smoke_run_of_train_py(reference_run):
     assert config["dims"] == [8, 16] and config["num_epochs"] == 2
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["best", "latest"]
     assert len(_losses(workdir)) == 12 and os.listdir(os.path.join(workdir, "tensorboard"))
+    assert_png_not_blank(os.path.join(workdir, "curves.png"))
+    assert "could not draw" not in result.stderr
     # Each record carries the rate its update used: 1e-3 in epoch 1, then 1e-4 after the milestone.
     for record in _records(workdir):
         if record["split"] in ("train", "epoch"):

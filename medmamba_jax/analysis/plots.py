@@ -138,3 +138,41 @@ def robustness(table: dict[str, list[float]], metric: str, title: str, path: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
+
+
+def training_curves(histories: list, best_metric: str, path: str) -> str:
+    """Loss, validation metrics and learning rate against epochs, one colour per run.
+
+    ``histories`` are ``curves.History``; the best epoch by ``best_metric`` is starred, and a
+    run's test result (of its best checkpoint) is given in the legend."""
+    fig, (loss_ax, val_ax, lr_ax) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"wspace": 0.28})
+    colours = plt.get_cmap("tab10")
+    shown = [best_metric] + [m for m in ("auc", "accuracy", "f1") if m != best_metric]
+    styles = dict(zip(shown, ("-", "--", ":")))
+    for i, run in enumerate(histories):
+        colour = colours(i % colours.N)
+        label = _short(run.name, 40)
+        if run.test is not None and best_metric in run.test:
+            label += f" (test {best_metric} {run.test[best_metric]:.4f}, epoch {run.test_epoch})"
+        loss_ax.plot(run.train_x, run.train_loss, color=colour, lw=0.8, alpha=0.35)
+        loss_ax.plot(run.epoch_x, run.epoch_loss, color=colour, marker="o", ms=3, lw=1.5, label=label)
+        for metric in shown:
+            if metric in run.val:
+                val_ax.plot(run.epoch_x, run.val[metric], color=colour, ls=styles[metric], marker=".", lw=1.4)
+        best = run.best(best_metric)
+        if best is not None:
+            val_ax.plot(*best, marker="*", ms=14, color=colour, markeredgecolor="black", zorder=3)
+        lr_ax.plot(run.lr_x, run.lr, color=colour, lw=1.5, drawstyle="steps-pre")  # a value holds up to its point
+    loss_ax.set(title="training loss (thin: per log window; dots: epoch mean)", xlabel="epoch", ylabel="loss")
+    val_ax.set(title=f"validation (star: best {best_metric})", xlabel="epoch", ylabel="metric")
+    val_ax.legend(handles=[plt.Line2D([], [], color="black", ls=styles[m], label=m) for m in shown], fontsize=8,
+                  loc="lower right")
+    lr_ax.set(title="learning rate", xlabel="epoch", ylabel="learning rate")
+    if all((run.lr > 0).all() for run in histories):
+        lr_ax.set_yscale("log")
+    for ax in (loss_ax, val_ax, lr_ax):
+        ax.grid(alpha=0.3)
+    fig.legend(*loss_ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(histories), 3),
+               fontsize=9, bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(histories) - 1) // 3)))
+    fig.subplots_adjust(bottom=0.2 + 0.05 * ((len(histories) - 1) // 3))
+    return _save(fig, path)

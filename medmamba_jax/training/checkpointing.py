@@ -17,6 +17,8 @@ The workdir contract, relied on by the evaluation tools::
                             sensitivity, specificity, f1, per-class lists, step, epoch
     W/metrics.jsonl         one JSON object per log event: {"step", "epoch", "split", ...}
     W/tensorboard/          TensorBoard event files (train/*, val/*; test/* in the run W/tensorboard/test)
+    W/curves.png            loss, validation metrics and learning rate per epoch, redrawn after each
+                            validated epoch and the test (medmamba_jax.analysis.curves)
 
 ``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
 Each JSON file is written to a temporary name and renamed, and Orbax finalises a

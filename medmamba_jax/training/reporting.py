@@ -1,4 +1,4 @@
-"""Feedback of a run: metrics.jsonl, TensorBoard events, a progress bar, one line per epoch.
+"""Feedback of a run: metrics.jsonl, TensorBoard events, curves.png, a progress bar, one line per epoch.
 
 Only process 0 writes; other processes get a Reporter that does nothing.
 """
@@ -9,10 +9,13 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
 import tqdm
+
+CURVES_FILE = "curves.png"
 
 
 class Reporter:
@@ -24,13 +27,18 @@ class Reporter:
     records at ``start_step`` itself, for a run resumed between an epoch's training and its
     validation. Test scalars go to their own TensorBoard run, W/tensorboard/test, which each
     test replaces, so re-running a finished run (or one given more epochs) shows one test
-    result, not two.
+    result, not two. W/curves.png is drawn from metrics.jsonl (``best_metric`` starred) after
+    the first validated epoch, then after an epoch at most every ``curves_every_s`` seconds
+    (a draw takes about a second: short epochs must not wait for it), and after the test.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0, revalidate: bool = False):
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0, revalidate: bool = False,
+                 best_metric: str = "auc", curves_every_s: float = 60.0):
         self.enabled = enabled
         if not enabled:
             return
+        self._workdir, self._best_metric = workdir, best_metric
+        self._curves_every_s, self._next_curves = curves_every_s, -math.inf
         from tensorboardX import SummaryWriter
 
         def kept(record: dict) -> bool:
@@ -62,9 +70,23 @@ class Reporter:
         self._jsonl.flush()
         if split == "test":
             self._replace_test_run(step, scalars)
-            return
-        self._add_scalars(record)
-        self._tb.flush()
+        else:
+            self._add_scalars(record)
+            self._tb.flush()
+        if split == "test" or (split == "epoch" and time.monotonic() >= self._next_curves):
+            self._draw_curves()
+            self._next_curves = time.monotonic() + self._curves_every_s
+
+    def _draw_curves(self) -> None:
+        """A figure is a convenience: failing to draw one warns and lets training go on."""
+        from medmamba_jax.analysis import curves
+
+        path = os.path.join(self._workdir, CURVES_FILE)
+        try:
+            curves.draw([curves.read_history(self._workdir, os.path.basename(self._workdir))], self._best_metric,
+                        path)
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not draw {path}: {type(err).__name__}: {err}", file=sys.stderr)
 
     def _add_scalars(self, record: dict) -> None:
         for name, value in record.items():

@@ -133,7 +133,8 @@ class Trainer:
         self._resume()
         self._discard_beyond(self.progress.step)
         self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step,
-                                           revalidate=self.progress.awaiting_validation is not None)
+                                           revalidate=self.progress.awaiting_validation is not None,
+                                           best_metric=self.config.best_metric)
         self.train_step = steps.make_train_step(
             self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
             int(self.config.seed), run.mesh,
