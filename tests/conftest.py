@@ -116,10 +116,10 @@ def tools_workdir(tmp_path_factory) -> str:
     return workdir
 
 
-def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = False) -> None:
-    """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) uint16 pixels, or RGB of (H, W, 3)
+def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = False, **header) -> None:
+    """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) pixels (8-bit if uint8), or RGB of (H, W, 3)
     ones if ``colour`` (8-bit, or 16-bit for uint16 pixels); with ``frames`` > 1 the pixels
-    lead with a frame axis."""
+    lead with a frame axis. ``header`` sets further attributes (a window, a rescale...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -141,8 +141,13 @@ def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = F
         ds.PixelData = pixels.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
     else:
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
+        if pixels.dtype == np.uint8:
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        else:
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype(np.uint8 if pixels.dtype == np.uint8 else np.uint16).tobytes()
+    for name, value in header.items():
+        setattr(ds, name, value)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -34,6 +34,36 @@ def test_dicom_is_windowed_to_full_range(sample_images):
     assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255
 
 
+CT_WINDOW = {"RescaleIntercept": -1024, "RescaleSlope": 1, "WindowCenter": 40, "WindowWidth": 400}
+
+
+def _dicom_row(tmp_path, hounsfield, **header) -> list[int]:
+    """One row of CT values written as a 12-bit file and read back."""
+    write_dicom(str(tmp_path / "ct.dcm"), np.array([hounsfield]) + 1024, **header)
+    return np.asarray(images.read_image(str(tmp_path / "ct.dcm")))[0].tolist()
+
+
+def test_a_dicom_window_maps_its_own_range_to_black_and_white(tmp_path):
+    # DICOM's linear window (centre 40, width 400): -160 HU and below black, above 239 white.
+    assert _dicom_row(tmp_path, [-500, -160, 0, 40, 240, 1000], **CT_WINDOW) == [0, 0, 102, 128, 255, 255]
+    # Soft tissue only stays mid-grey, as in a viewer, instead of being stretched to 0..255.
+    assert _dicom_row(tmp_path, [0, 20, 40], **CT_WINDOW) == [102, 115, 128]
+    assert _dicom_row(tmp_path, [0, 20, 40], **CT_WINDOW, PhotometricInterpretation="MONOCHROME1") == [153, 140, 127]
+    # A window pydicom rejects (width 0) falls back to min-max instead of failing the file.
+    assert _dicom_row(tmp_path, [0, 20, 40], **{**CT_WINDOW, "WindowWidth": 0}) == [0, 128, 255]
+
+
+def test_palette_colour_dicoms_are_looked_up(tmp_path):
+    entries = np.arange(256, dtype=np.uint16) * 257  # 16-bit table entries
+    tables = {"Red": entries, "Green": entries[::-1], "Blue": np.zeros(256, np.uint16)}
+    header = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in tables}
+    header.update({f"{c}PaletteColorLookupTableData": t.tobytes() for c, t in tables.items()})
+    write_dicom(str(tmp_path / "us.dcm"), np.array([[0, 100, 255]], np.uint8), PhotometricInterpretation="PALETTE COLOR",
+                **header)
+    rgb = np.asarray(images.read_image(str(tmp_path / "us.dcm")))
+    assert rgb[0].tolist() == [[0, 255, 0], [100, 155, 0], [255, 0, 0]]
+
+
 def test_multi_frame_dicoms_give_their_middle_frame(tmp_path):
     shade = np.arange(5)[:, None, None] * 40  # frame f is shade 40 * f
     cine = np.broadcast_to(shade[..., None] + np.array([0, 10, 20]), (5, 8, 6, 3))  # RGB frames
@@ -53,7 +83,7 @@ def test_colour_dicoms_deeper_than_8_bits_are_scaled_not_wrapped(tmp_path):
     assert rgb[0, 0].tolist() == [156, 0, 0] and rgb[0, 5].tolist() == [0, 0, 4]  # 255 * v / 65535
 
 
-def test_unreadable_files(sample_images, tmp_path):
+def test_unreadable_files(sample_images, tmp_path, monkeypatch):
     with pytest.raises(images.ImageReadError, match="notes.txt"):
         images.read_image(sample_images["notes.txt"])
     with pytest.raises(images.ImageReadError, match="no such file"):
@@ -64,6 +94,10 @@ def test_unreadable_files(sample_images, tmp_path):
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(images.ImageReadError, match="DICOM"):
         images.read_image(str(broken))
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS with an error that is not an OSError.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(images.ImageReadError, match="rgb.png: .*raise PIL.Image.MAX_IMAGE_PIXELS to read it"):
+        images.read_image(sample_images["rgb.png"])
 
 
 def test_figure_stems_are_distinct():

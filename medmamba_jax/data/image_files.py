@@ -34,17 +34,30 @@ def _is_dicom(path: str) -> bool:
 
 
 def _window_to_uint8(pixels: np.ndarray, ds) -> np.ndarray:
-    """DICOM pixel values -> uint8, through the file's VOI window when it has one, else min-max.
+    """DICOM pixel values -> uint8, through the file's VOI window (or VOI LUT) when it has a
+    valid one, else min-max.
 
-    The window is what a radiologist's viewer shows; min-max keeps all contrast otherwise.
+    The window's whole output range maps to 0..255, as a viewer shows it: tissue below the
+    window is black, above it white, and an image whose values fill only part of the window
+    stays that shade of grey. Min-max (no window, or one pydicom rejects, such as a width of 0)
+    keeps all contrast.
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds).astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        try:
+            # The window's output range, from pydicom itself: values far outside the window
+            # land on its two ends (for a VOI LUT, on the table's first and last entries).
+            with np.errstate(over="ignore"):
+                ends = apply_voi_lut(np.array([-1e300, 1e300]), ds).astype(np.float64)
+            windowed = apply_voi_lut(values, ds).astype(np.float64)
+        except Exception:  # noqa: BLE001 - pydicom raises many types; an unusable window means min-max
+            pass
+        else:
+            (lo, hi), values = sorted(ends.tolist()), windowed
+    scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # 0 is white in MONOCHROME1
         scaled = 1.0 - scaled
     return np.round(scaled * 255).astype(np.uint8)
@@ -66,11 +79,22 @@ def _read_dicom(path: str) -> Image.Image:
         raise ImageReadError(f"{path}: DICOM pixel data of shape {pixels.shape} is not one 2-D image "
                              f"({getattr(ds, 'NumberOfFrames', 1)} frames, {getattr(ds, 'SamplesPerPixel', 1)} "
                              "samples per pixel)")
-    if colour:  # RGB after pydicom's colour-space conversion, scaled down from its stored bit depth
-        top = 2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1
-        rgb = np.clip(np.round(pixels[..., :3].astype(np.float64) * (255 / top)), 0, 255)
-        return Image.fromarray(rgb.astype(np.uint8))
-    return Image.fromarray(_window_to_uint8(pixels, ds))
+    try:
+        if colour:  # RGB after pydicom's colour-space conversion, scaled down from its stored bit depth
+            return _rgb_to_image(pixels[..., :3], 2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1)
+        if getattr(ds, "PhotometricInterpretation", "") == "PALETTE COLOR":  # indices into an RGB table
+            from pydicom.pixels import apply_color_lut
+
+            rgb = apply_color_lut(pixels, ds)
+            return _rgb_to_image(rgb, np.iinfo(rgb.dtype).max)
+        return Image.fromarray(_window_to_uint8(pixels, ds))
+    except Exception as err:  # noqa: BLE001 - as above: a header pydicom cannot apply
+        raise ImageReadError(f"{path}: DICOM pixel data that cannot be displayed ({type(err).__name__}: {err})") from err
+
+
+def _rgb_to_image(rgb: np.ndarray, top: int) -> Image.Image:
+    """(H, W, 3) integer RGB of range 0..top as an 8-bit PIL image."""
+    return Image.fromarray(np.clip(np.round(rgb.astype(np.float64) * (255 / top)), 0, 255).astype(np.uint8))
 
 
 def read_image(path: str) -> Image.Image:
@@ -91,6 +115,8 @@ def decode(encoded: bytes, name: str) -> Image.Image:
             return image.copy()
     except UnidentifiedImageError:  # Pillow's own message names only the in-memory buffer
         raise ImageReadError(f"{name}: not a readable image (PNG, JPEG or DICOM)") from None
+    except Image.DecompressionBombError as err:  # not an OSError; Pillow's guard against huge files
+        raise ImageReadError(f"{name}: {err} (raise PIL.Image.MAX_IMAGE_PIXELS to read it)") from None
     except (OSError, ValueError) as err:  # a known format, broken
         raise ImageReadError(f"{name}: not a readable image (PNG, JPEG or DICOM): {err}") from err
 
