@@ -52,6 +52,25 @@ def test_label_outside_class_list(tmp_path):
         medmnist_source.load("breastmnist", 28, str(tmp_path), "test", fetch=False)
 
 
+@pytest.mark.parametrize("flag, change, message", [
+    ("breastmnist", lambda a: {**a, "test_labels": a["test_labels"][:-1]}, "156 images but 155 labels"),
+    ("breastmnist", lambda a: {**a, "test_images": a["test_images"] / 255.0}, "float64 images, not uint8"),
+    ("breastmnist", lambda a: {**a, "test_images": a["test_images"][:, :14, :14]}, r"shape \(14, 14, 1\), not \(28, 28, 1\)"),
+    ("pathmnist", lambda a: {**a, "test_images": a["test_images"][..., 0]}, r"shape \(28, 28, 1\), not \(28, 28, 3\)"),
+    ("chestmnist", lambda a: {**a, "test_labels": a["test_labels"][:, :13]}, r"labels of shape \(13,\), not \(14,\)"),
+    ("breastmnist", lambda a: a["test_images"], "is not a readable MedMNIST file"),  # a bare array, not an archive
+])  # fmt: skip
+def test_npz_contents_unlike_the_official_files_are_one_data_error(tmp_path, flag, change, message):
+    from conftest import write_fake_medmnist
+
+    path = write_fake_medmnist(str(tmp_path), flag, split_sizes={"train": 4, "val": 4, "test": 156})
+    changed = change(dict(np.load(path)))
+    with open(path, "wb") as f:  # np.savez on a path would add ".npz" to a bare array's file name
+        np.savez(f, **changed) if isinstance(changed, dict) else np.save(f, changed)
+    with pytest.raises(DataError, match=message):
+        medmnist_source.load(flag, 28, str(tmp_path), "test", fetch=False)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not_a_zip"])
 def test_a_damaged_npz_is_one_data_error(tmp_path, damage):
     from conftest import write_fake_medmnist
@@ -119,6 +138,17 @@ def test_train_stream_is_a_function_of_seed_and_step():
     assert len(set(epoch0)) == 16 and not np.array_equal(stream.indices(0), stream.indices(4))
     halves = [data.TrainStream(images, labels, 4, seed=3, steps_multiple=2, process_index=i, process_count=2)(5)[1] for i in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), stream(5)[1])
+
+
+def test_a_finished_train_stream_and_its_images_are_freed():
+    import weakref
+
+    images = np.zeros((8, 2, 2, 1), np.uint8)
+    stream = data.TrainStream(images, np.arange(8), 4, seed=0)
+    stream(0), stream(2)  # two epochs' orders computed
+    freed = weakref.ref(images), weakref.ref(stream)
+    del stream, images
+    assert all(ref() is None for ref in freed)  # by reference counting alone: no cycle, no cache outside
 
 
 def test_autoaugment_is_deterministic_and_keeps_shape():
@@ -207,6 +237,40 @@ def test_image_folder_bad_splits(tiny_config, tmp_path):
     with pytest.raises(DataError, match="val has no images"):
         data.load_split(tiny_config, "val")
     with pytest.raises(DataError, match=r"\['cow'\] outside the training classes"):
+        data.load_split(tiny_config, "test")
+
+
+def test_image_folder_hidden_names_and_unread_files(tiny_config, tmp_path, capsys):
+    _folder(tmp_path, {"train": {"cat": 2, "dog": 1, ".ipynb_checkpoints": 1}, "test": {"dog": 1}})
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"macOS resource fork")  # hidden: not an image
+    os.makedirs(tmp_path / "train" / "dog" / "patient_a")
+    for name in ("patient_a/scan.png", "x.bmp", "y.TIF", "notes.csv"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "train" / "dog" / name, format="PNG")
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    assert data.dataset_info(tiny_config)["label_names"] == ["cat", "dog"]
+    images, labels = data.load_split(tiny_config, "train")
+    assert sorted(labels.tolist()) == [0, 0, 1]
+    assert ("4 files not read (dog/notes.csv, dog/patient_a/scan.png, dog/x.bmp, ...): only .png, .jpg and .jpeg "
+            "files directly inside <class>/ folders are") in capsys.readouterr().err
+    data.load_split(tiny_config, "test")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_training_class_without_images_is_an_error(tiny_config, tmp_path):
+    _folder(tmp_path, {"train": {"cat": 1, "dog": 0, "eel": 1}})
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "dog" / "only.bmp")
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    with pytest.raises(DataError, match=r"train: the class folders \['dog'\] hold no image to train on"):
+        data.load_split(tiny_config, "train")
+    # With a trained model's classes (the tools), a split may lack some of them.
+    assert data.load_split(tiny_config, "train", ["cat", "dog", "eel"])[1].tolist() in ([0, 2], [2, 0])
+
+
+def test_a_test_only_folder_is_read_with_a_trained_models_classes(tiny_config, tmp_path):
+    _folder(tmp_path, {"test": {"dog": 2}})
+    tiny_config.dataset, tiny_config.data_dir = "folder", str(tmp_path)
+    assert data.load_split(tiny_config, "test", ["cat", "dog"])[1].tolist() == [1, 1]
+    with pytest.raises(DataError, match="train has no class folders"):
         data.load_split(tiny_config, "test")
 
 

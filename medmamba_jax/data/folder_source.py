@@ -2,15 +2,20 @@
 
 The class list is the sorted class folders of ``train`` (or, for a trained model, the list
 saved with it); a class folder in a split outside that list is an error rather than a
-silently shifted label.
+silently shifted label, and so is a training class without a single image.
 tfds lists the files and labels; each file is decoded by ``image_files`` (as ``predict``
 decodes one) to RGB and resized once, at load time, to ``image_size``, so a split
 becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
+
+Hidden names (``.ipynb_checkpoints/``, macOS's ``._scan.png``) are neither classes nor
+images. tfds reads only .png, .jpg and .jpeg files directly inside a class folder: other
+files there (in subfolders, .bmp, .tif, DICOM...) are named in a warning, not silently lost.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -18,6 +23,11 @@ from medmamba_jax.data import image_files
 from medmamba_jax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
+READ_EXTENSIONS = (".png", ".jpg", ".jpeg")  # what tfds' ImageFolder lists, in any letter case
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def _builder(root: str):
@@ -32,7 +42,28 @@ def _class_names(root: str, split: str) -> list[str]:
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
         return []
-    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)) and not _hidden(d))
+
+
+def _unread_files(split_dir: str, classes: list[str]) -> list[str]:
+    """Files under split_dir/<class>/ that ImageFolder does not list (hidden ones aside),
+    relative to split_dir."""
+    unread = []
+    for name in classes:
+        class_dir = os.path.join(split_dir, name)
+        for folder, subfolders, files in os.walk(class_dir):
+            subfolders[:] = [d for d in subfolders if not _hidden(d)]
+            unread += [os.path.relpath(os.path.join(folder, f), split_dir) for f in files
+                       if not _hidden(f) and (folder != class_dir or not f.lower().endswith(READ_EXTENSIONS))]
+    return sorted(unread)
+
+
+def _warn_unread(split_dir: str, unread: list[str]) -> None:
+    if unread:
+        examples = ", ".join(unread[:3]) + (", ..." if len(unread) > 3 else "")
+        print(f"warning: image folder {split_dir}: {len(unread)} file{'s' * (len(unread) != 1)} not read ({examples}): "
+              "only .png, .jpg and .jpeg files directly inside <class>/ folders are; convert or move the others",
+              file=sys.stderr)
 
 
 def class_names(root: str) -> list[str]:
@@ -51,27 +82,48 @@ def class_names(root: str) -> list[str]:
 
 def load(root: str, split: str, image_size: int, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, image_size, image_size, 3) uint8 images and (N,) int64 labels of one split; label i
-    is ``names[i]``, by default the training classes found in ``root`` now."""
+    is ``names[i]``, by default the training classes found in ``root`` now (which must then
+    each have a training image)."""
     root = os.path.expanduser(root)
-    found = class_names(root)
-    names = list(names) if names is not None else found
-    builder = _builder(root)
-    unknown = sorted(set(_class_names(root, split)) - set(names))
+    defines_classes = names is None
+    if defines_classes:
+        names = class_names(root)
+    elif not os.path.isdir(root):  # a trained model's classes come with it: a test-only folder will do
+        raise DataError(f"image-folder root {root!r} is not a directory")
+    names = list(names)
+    split_dir = os.path.join(root, split)
+    present = _class_names(root, split)
+    unknown = sorted(set(present) - set(names))
     if unknown:
-        raise DataError(f"image folder {root}/{split} has classes {unknown} outside the training classes {names}")
-    split_info = builder.info.splits[split] if split in builder.info.splits else None
-    if split_info is None or split_info.num_examples == 0:
-        raise DataError(f"image folder {root}/{split} has no images (.png, .jpg or .jpeg under <class>/ folders)")
+        raise DataError(f"image folder {split_dir} has classes {unknown} outside the training classes {names}")
+    _warn_unread(split_dir, _unread_files(split_dir, present))
+    images, labels = _decode_split(root, split, names, image_size)
+    if not labels:
+        raise DataError(f"image folder {split_dir} has no images (.png, .jpg or .jpeg under <class>/ folders)")
+    labels = np.asarray(labels, np.int64)
+    empty = [n for n, count in zip(names, np.bincount(labels, minlength=len(names))) if count == 0]
+    if empty and split == "train" and defines_classes:
+        raise DataError(f"image folder {split_dir}: the class folders {empty} hold no image to train on")
+    return np.stack(images), labels
+
+
+def _decode_split(root: str, split: str, names: list[str], image_size: int) -> tuple[list[np.ndarray], list[int]]:
+    """The split's images, stored as training reads them, and their indices into ``names``."""
+    builder = _builder(root)
+    if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
+        return [], []  # tfds cannot make a dataset of an empty split
     import tensorflow_datasets as tfds
 
     tfds_names = builder.info.features["label"].names
     encoded = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     images, labels = [], []
     for example in tfds.as_numpy(encoded):
-        name = example["image/filename"].decode()
+        name, label = example["image/filename"].decode(), tfds_names[example["label"]]
+        if _hidden(label) or _hidden(os.path.basename(name)):
+            continue
         try:
             images.append(image_files.to_stored(image_files.decode(example["image"], name), 3, image_size))
         except image_files.ImageReadError as err:
             raise DataError(str(err)) from None
-        labels.append(names.index(tfds_names[example["label"]]))
-    return np.stack(images), np.asarray(labels, np.int64)
+        labels.append(names.index(label))
+    return images, labels

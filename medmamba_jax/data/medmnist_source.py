@@ -123,19 +123,36 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
         # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
         dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
         images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # missing, truncated, not a zip
+    # Missing, truncated, not a zip; IndexError and TypeError: a bare array saved under the name.
+    except (OSError, KeyError, ValueError, EOFError, IndexError, TypeError, zipfile.BadZipFile) as err:
         advice = "" if fetch else " (or pass --config.download=True to replace it)"
         raise DataError(f"{path} is not a readable MedMNIST file ({type(err).__name__}: {err}); "
                         f"delete it and download it again{advice}") from err
     if images.ndim == 3:  # grayscale sets store (N, H, W)
         images = images[..., None]
-    _check_labels(labels, entry, path, split)
+    _check_arrays(images, labels, entry, size, path, split)
     return images, labels
 
 
-def _check_labels(labels: np.ndarray, entry: dict, path: str, split: str) -> None:
+def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int, path: str, split: str) -> None:
+    """The split's arrays are what the official files hold: uint8 (N, size, size, channels)
+    images, and (N, 1) class indices or (N, labels) 0/1 multi-label targets."""
     n_labels = len(entry["label"])
     multi_label = entry["task"].startswith("multi-label")
+    image_shape = (size, size, entry["n_channels"])
+    label_width = n_labels if multi_label else 1
+    problems = []
+    if images.dtype != np.uint8:
+        problems.append(f"{images.dtype} images, not uint8")
+    if images.shape[1:] != image_shape:
+        problems.append(f"images of shape {images.shape[1:]}, not {image_shape}")
+    if labels.shape[1:] != (label_width,):
+        problems.append(f"labels of shape {labels.shape[1:]}, not ({label_width},)")
+    if len(labels) != len(images):
+        problems.append(f"{len(images)} images but {len(labels)} labels")
+    if problems:
+        raise DataError(f"{path} {split}: {'; '.join(problems)}, so it is not the official MedMNIST file "
+                        f"{entry['python_class']} at size {size}; delete it and download it again")
     upper = 1 if multi_label else n_labels - 1
     if labels.size and (labels.min() < 0 or labels.max() > upper):
         raise DataError(

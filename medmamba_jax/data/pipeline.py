@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -44,10 +43,17 @@ class TrainStream:
         self.micro_batch, self.seed, self.autoaugment = micro_batch, seed, autoaugment
         local = micro_batch // process_count
         self._share = slice(process_index * local, (process_index + 1) * local)
+        self._last_order: tuple[int, np.ndarray | None] = (-1, None)
 
-    @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng((self.seed, epoch)).permutation(len(self.images))
+        # The last epoch's order is kept on the stream itself: a cache on the method would be
+        # shared by every stream and keep finished ones, with their images, alive. Prefetch
+        # threads may ask for two epochs at once, so each works on its own (epoch, order) pair.
+        cached = self._last_order
+        if cached[0] != epoch:
+            cached = (epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.images)))
+            self._last_order = cached
+        return cached[1]
 
     def indices(self, step: int) -> np.ndarray:
         """Global sample indices (micro_batch,) of micro-step ``step``."""
