@@ -18,6 +18,10 @@ from flax import nnx
 
 from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
 CONFIG_FILE = "model_config.json"
 STATE_DIR = "state"
 _WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
@@ -74,6 +78,21 @@ def restore_targets(tree):
     return jax.tree.map(target, tree)
 
 
+def _check_saved_shapes(directory: Path, saved, targets) -> None:
+    """CheckpointError naming the arrays whose saved shape differs from what the config builds."""
+    def shapes(tree) -> dict[str, tuple]:
+        return {".".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    have, want = shapes(saved), shapes(targets)
+    problems = [f"{k}: saved {have.get(k, 'nothing')}, config {want.get(k, 'nothing')}"
+                for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    if problems:
+        more = f"; {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise CheckpointError(f"{directory}: {CONFIG_FILE} does not describe the weights in {STATE_DIR}/ "
+                              f"({'; '.join(problems[:2])}{more}); both must come from the same save_model or convert")
+
+
 def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, seed: int = 0) -> MedMamba:
     """Reads a directory written by :func:`save_model`; the model comes back in eval mode."""
     directory = Path(directory).absolute()
@@ -85,7 +104,18 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
         values["scan_impl"] = scan_impl
     model = shell_model(MedMambaConfig.from_dict(values), seed)
     state = weights_state(model)
-    restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, restore_targets(nnx.to_pure_dict(state)))
+    targets = restore_targets(nnx.to_pure_dict(state))
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        # Compared first: a restore that fails midway leaves Orbax's threads printing tracebacks.
+        _check_saved_shapes(directory, checkpointer.metadata(directory / STATE_DIR).item_metadata, targets)
+        restored = checkpointer.restore(directory / STATE_DIR, targets)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Orbax raises many types; the first line says which
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
+        raise CheckpointError(f"{directory}: cannot restore its weights ({reason}); {CONFIG_FILE} and {STATE_DIR}/ "
+                              "must come from the same save_model or convert") from None
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     model.eval()

@@ -16,12 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medmamba_jax.checkpoints import shell_model
+from medmamba_jax.checkpoints import CheckpointError, shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -121,8 +117,19 @@ def _torch():
     return torch
 
 
+# What training scripts commonly save beside the weights (upstream's best accuracy is a NumPy
+# float): plain data, safe to unpickle. Anything else stays refused, as torch refuses it.
+_NUMPY_GLOBALS = re.compile(r"numpy\.(dtype|ndarray|dtypes\.\w+DType|(_core|core)\.multiarray\.(scalar|_reconstruct))")
+# Containers that training scripts and frameworks wrap a state dict in, in any nesting.
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
+_ANCHOR = "patch_embed.proj.weight"  # the one key every MedMamba state dict has
+
+
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a ``torch.save``d state dict as numpy arrays; a bad file raises CheckpointError."""
+    """Reads a ``torch.save``d state dict as numpy arrays; a bad file raises CheckpointError.
+
+    The dict may be wrapped (``{"model": ..., "epoch": ...}``, in any nesting of the usual
+    keys) and its keys prefixed (``module.``, ``_orig_mod.``, Lightning's ``model.``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: {'is a directory, not a .pth file' if os.path.isdir(path) else 'no such file'}")
@@ -132,34 +139,87 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle starting with 0x80).
     if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    if magic.startswith(b"PK"):
+        _check_zip(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(torch, path)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        if "Weights only load failed" in str(err):  # a readable pickle of more than tensors
-            raise CheckpointError(f"{path}: holds pickled Python objects, such as a whole model from "
-                                  "torch.save(model), which are not loaded (unpickling can run code); "
-                                  "save model.state_dict() instead") from None
         reason = (str(err).strip() or type(err).__name__).split(". ")[0].splitlines()[0]
         raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({reason[:120]})") from None
     return _as_numpy_state_dict(obj, path)
 
 
+def _check_zip(path: str) -> None:
+    """torch.load does not check the archive's CRCs: a damaged download would load wrong weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({err})") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupt PyTorch checkpoint (entry {damaged} fails its CRC check); "
+                              "download or copy it again")
+
+
+def _torch_load(torch, path: str):
+    """torch.load without running pickled code; NumPy values saved beside the weights are allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "Weights only load failed" not in str(err):
+            raise
+    found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    other = [name for name in found if not _NUMPY_GLOBALS.fullmatch(name)]
+    if other:  # a readable pickle of more than tensors
+        raise CheckpointError(f"{path}: holds pickled Python objects ({', '.join(other[:4])}), such as a whole "
+                              "model from torch.save(model), which are not loaded (unpickling can run code); "
+                              "save model.state_dict() instead") from None
+    # An array's dtype is rebuilt through its dtype class, which the listing does not name.
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    with torch.serialization.safe_globals([_resolve(name) for name in found] + dtype_classes):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _resolve(dotted: str):
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _as_numpy_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
+    while isinstance(obj, Mapping):  # unwrap {"model": {"state_dict": ...}} and the like
+        inner = next((obj[w] for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a model state dict")
     arrays = {}
     for key, value in obj.items():
-        key = key[len("module."):] if key.startswith("module.") else key  # DataParallel
         if hasattr(value, "detach"):
             value = value.detach().cpu()
             # NumPy has no bfloat16; float32 holds bf16 and fp16 weights exactly
             value = value.float() if value.is_floating_point() and value.element_size() < 4 else value
             value = value.numpy()
-        arrays[key] = np.asarray(value)
-    return arrays
+        arrays[str(key)] = np.asarray(value)
+    return _strip_prefix(arrays, source)
+
+
+def _strip_prefix(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """The keys under the one prefix (DataParallel's ``module.``, torch.compile's
+    ``_orig_mod.``, a Lightning module's attribute name...) that holds a MedMamba, unprefixed."""
+    prefixes = sorted(key[: -len(_ANCHOR)] for key in arrays if key.endswith(_ANCHOR))
+    if len(prefixes) != 1 or not prefixes[0]:
+        if len(prefixes) > 1 and "" not in prefixes:
+            raise CheckpointError(f"{source}: holds several models, under the key prefixes {prefixes}; "
+                                  "save the state dict of the one to load")
+        return arrays
+    return {key[len(prefixes[0]):]: value for key, value in arrays.items() if key.startswith(prefixes[0])}
 
 
 def infer_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MedMambaConfig:
@@ -174,6 +234,8 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MedMambaC
         if stage:
             blocks = int(stage[2]) + 1 if stage[2] is not None else 0
             depth_of[int(stage[1])] = max(depth_of.get(int(stage[1]), 0), blocks)
+    if any(".blocks." in key for key in state_dict) and not any(".self_attention." in key for key in state_dict):
+        raise CheckpointError("not a MedMamba state dict: its blocks have no SS2D ('self_attention') weights")
     if not depth_of or "patch_embed.proj.weight" not in state_dict:
         raise CheckpointError("not a MedMamba state dict: cannot infer the architecture; "
                               + ("missing ['patch_embed.proj.weight']" if depth_of else "no 'layers.<i>.' keys"))

@@ -28,9 +28,51 @@ def test_round_trip_is_exact(state_dict):
         assert torch.equal(exported[key], value), key
 
 
-def test_wrapped_and_data_parallel_state_dicts_load(state_dict):
-    wrapped = {"state_dict": {f"module.{k}": v for k, v in state_dict.items()}}
-    assert from_torch(wrapped).config.dims == (16, 32, 64, 128)
+@pytest.mark.parametrize("wrap", [
+    lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},  # DataParallel
+    lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile
+    lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()},
+    lambda sd: {"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "loss.weight": torch.ones(2)},
+                "epoch": 3},  # a Lightning module holding the network as .model
+    lambda sd: {"model": {"state_dict": sd}, "model_ema": {"state_dict": {}}},  # wrappers nested either way
+    lambda sd: {"model": sd, "best_acc": np.float64(0.9), "epoch": np.int64(3), "val": np.zeros(2)},  # NumPy values
+])  # fmt: skip
+def test_wrapped_and_prefixed_state_dicts_load(state_dict, wrap, tmp_path):
+    torch.save(wrap(state_dict), tmp_path / "wrapped.pth")
+    loaded = load_torch_state_dict(tmp_path / "wrapped.pth")
+    assert loaded.keys() == state_dict.keys()
+    assert all(np.array_equal(loaded[k], v.numpy()) for k, v in state_dict.items())
+    assert from_torch(wrap(state_dict)).config.dims == (16, 32, 64, 128)
+
+
+def test_two_models_under_different_prefixes_are_not_guessed_between(state_dict):
+    both = {**{f"student.{k}": v for k, v in state_dict.items()}, **{f"teacher.{k}": v for k, v in state_dict.items()}}
+    with pytest.raises(CheckpointError, match=r"several models, under the key prefixes \['student.', 'teacher.'\]"):
+        from_torch(both)
+
+
+def test_pickled_objects_beside_the_weights_are_named(state_dict, tmp_path):
+    import argparse
+
+    torch.save({"model": state_dict, "args": argparse.Namespace(lr=1e-4)}, tmp_path / "args.pth")
+    with pytest.raises(CheckpointError, match=r"holds pickled Python objects \(argparse.Namespace\)"):
+        load_torch_state_dict(tmp_path / "args.pth")
+
+
+def test_a_damaged_archive_is_caught_by_its_crc(tmp_path):
+    content = bytearray((DATA / "tiny.pth").read_bytes())
+    middle = len(content) // 2
+    content[middle] ^= 0xFF  # one flipped byte inside a tensor: torch.load alone reads it as a weight
+    (tmp_path / "flipped.pth").write_bytes(bytes(content))
+    with pytest.raises(CheckpointError, match=r"corrupt PyTorch checkpoint \(entry .* fails its CRC check\)"):
+        load_torch_state_dict(tmp_path / "flipped.pth")
+
+
+def test_another_network_with_stages_and_blocks_is_named_in_one_line(state_dict):
+    swin_like = {k.replace("self_attention", "attn"): v for k, v in state_dict.items()}
+    with pytest.raises(CheckpointError, match=r"^not a MedMamba state dict: its blocks have no SS2D") as info:
+        from_torch(swin_like)
+    assert "\n" not in str(info.value)
 
 
 def test_every_bad_key_is_reported_at_once(state_dict):
