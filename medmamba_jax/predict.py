@@ -5,7 +5,8 @@ r"""Classify image files (PNG, JPEG, DICOM) with a trained workdir or a converte
 
 Prints one JSON line per image: its top-k class names and probabilities. Each file is
 converted the way training saw its dataset (channels, stored size, then the eval
-transform). A file that cannot be read gets a one-line error on stderr; the others are
+transform); for a converted upstream checkpoint, the way the released PyTorch code's
+evaluation decodes files (PIL's convert("RGB"), resize, normalise to [-1, 1]). A file that cannot be read gets a one-line error on stderr; the others are
 still classified, and the exit status is 1 if any file failed.
 """
 
@@ -36,7 +37,7 @@ def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str,
 
     for path in paths:
         try:
-            yield path, load_for_model(path, loaded.stored_channels, loaded.stored_size)
+            yield path, load_for_model(path, loaded.stored_channels, loaded.stored_size, loaded.upstream_decoding)
         except ImageReadError as err:
             yield path, str(err)
 

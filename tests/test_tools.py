@@ -328,6 +328,49 @@ def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, cap
     assert f"below this model's minimum, {tiny_side}" in capsys.readouterr().err
 
 
+def test_a_converted_checkpoint_decodes_files_as_upstream_does(sample_images, tmp_path, capsys):
+    """Upstream evaluates Image.open(f).convert("RGB"): alpha is dropped, not composited, so
+    rgba.png (rgb.png at alpha 128) must score as rgb.png does; a workdir model composites."""
+    from medmamba_jax import convert
+    from numerics import DATA
+
+    converted = str(tmp_path / "converted")
+    assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
+    argv = ["--checkpoint", converted, "--image-size", "64", "--top-k", "5"]
+    assert run(predict.main, [*argv, sample_images["rgb.png"], sample_images["rgba.png"]]) == 0
+    rgb, rgba = (json.loads(line)["top_k"] for line in capsys.readouterr().out.strip().splitlines()[-2:])
+    assert rgb == rgba
+
+
+def test_converted_checkpoints_that_cannot_classify_are_one_line(sample_images, tmp_path, capsys):
+    import torch
+
+    from medmamba_jax import convert
+    from numerics import DATA
+
+    headless = {k: v for k, v in torch.load(DATA / "tiny.pth", weights_only=True).items() if not k.startswith("head.")}
+    torch.save(headless, tmp_path / "features.pth")
+    assert convert.main([str(tmp_path / "features.pth"), str(tmp_path / "features")]) == 0
+    edited = str(tmp_path / "edited")
+    assert convert.main([str(DATA / "tiny.pth"), edited]) == 0
+    config = json.load(open(os.path.join(edited, "model_config.json")))
+    json.dump({**config, "num_classes": 7}, open(os.path.join(edited, "model_config.json"), "w"))
+    capsys.readouterr()
+    for directory, message in ((str(tmp_path / "features"), "without a classification head (num_classes 0)"),
+                               (edited, "model_config.json does not describe the weights in state/ (head.bias: saved (5,), config (7,)")):
+        assert run(predict.main, ["--checkpoint", directory, "--image-size", "64", sample_images["rgb.png"]]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    tiny = str(tmp_path / "tiny")
+    assert convert.main([str(DATA / "tiny.pth"), tiny]) == 0
+    for labels, message in (("a,b,c,d,", "5 distinct, non-empty names; one is empty"),
+                            ("a,a,b,b,c", "repeated: ['a', 'b']")):
+        capsys.readouterr()
+        assert run(predict.main, ["--checkpoint", tiny, "--image-size", "64", "--labels", labels,
+                                  sample_images["rgb.png"]]) == 1
+        assert message in capsys.readouterr().err
+
+
 def _as_folder_workdir(tools_workdir, tmp_path, names, saved_names: bool):
     """A copy of the tools workdir relabelled as trained on an image folder of ``names``
     (train/<name>/0.png each, test images of the 4th and 6th class), with or without the

@@ -40,6 +40,7 @@ class Loaded:
     data_dir_given: bool = False  # config.data_dir is --data-dir's, not the training one
     checkpoint: str = ""  # which of a workdir's checkpoints was loaded: "best" or "latest"
     checkpoint_step: int = -1
+    upstream_decoding: bool = False  # decode files as the released PyTorch code does (see image_files.to_stored)
 
     @property
     def multi_label(self) -> bool:
@@ -188,6 +189,10 @@ def _label_names(labels: str | None, num_classes: int) -> list[str]:
         names = [name.strip() for name in labels.split(",")]
     if len(names) != num_classes:
         raise ToolError(f"--labels gives {len(names)} names but the checkpoint has {num_classes} classes")
+    if "" in names or len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1 and n})
+        raise ToolError(f"--labels must give {num_classes} distinct, non-empty names"
+                        + (f"; repeated: {repeated}" if repeated else "; one is empty"))
     return names
 
 
@@ -202,10 +207,14 @@ def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Load
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)
     model.eval()
+    if not model.config.num_classes:
+        raise ToolError(f"{directory} holds a model without a classification head (num_classes 0): it gives "
+                        "features, not class scores")
     if image_size < model.config.min_image_size:
         raise ToolError(f"--image-size {image_size} is below this model's minimum, {model.config.min_image_size}")
     names = _label_names(labels, int(model.config.num_classes))
-    return Loaded(model, names, "multi-class", int(image_size), int(model.config.in_chans), int(image_size))
+    return Loaded(model, names, "multi-class", int(image_size), int(model.config.in_chans), int(image_size),
+                  upstream_decoding=True)
 
 
 def resolve_split(split: str) -> str:

@@ -121,12 +121,17 @@ def decode(encoded: bytes, name: str) -> Image.Image:
         raise ImageReadError(f"{name}: not a readable image (PNG, JPEG or DICOM): {err}") from err
 
 
-def to_stored(image: Image.Image, channels: int, size: int) -> np.ndarray:
+def to_stored(image: Image.Image, channels: int, size: int, upstream: bool = False) -> np.ndarray:
     """(size, size, channels) uint8 like the dataset's stored images.
 
-    RGBA is composited on black (as MedMNIST's RGB conversion drops alpha), 16-bit
-    grayscale is scaled to 8 bits, and grayscale becomes RGB (or RGB grayscale) as needed.
+    RGBA is composited on black (so transparent pixels are black whatever colour they
+    hold), 16-bit grayscale is min-max scaled to 8 bits, and grayscale becomes RGB (or RGB
+    grayscale) as needed. ``upstream`` decodes as the released PyTorch code's evaluation does,
+    with PIL's ``convert("RGB")`` alone (alpha dropped, 16-bit values clipped at 255), for
+    weights trained that way.
     """
+    if upstream:
+        image = image.convert("RGB")
     if image.mode in ("I;16", "I;16B", "I", "F"):  # high bit depth grayscale
         values = np.asarray(image, np.float64)
         lo, hi = values.min(), values.max()
@@ -142,6 +147,6 @@ def to_stored(image: Image.Image, channels: int, size: int) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def load_for_model(path: str, channels: int, size: int) -> np.ndarray:
+def load_for_model(path: str, channels: int, size: int, upstream: bool = False) -> np.ndarray:
     """``read_image`` then ``to_stored``: (size, size, channels) uint8."""
-    return to_stored(read_image(path), channels, size)
+    return to_stored(read_image(path), channels, size, upstream)
