@@ -18,6 +18,7 @@ from flax import nnx
 
 from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
 
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
