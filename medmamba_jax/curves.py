@@ -55,10 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     histories = [curves.read_history(w, name) for w, name in zip(workdirs, _names(workdirs))]
     out = os.path.expanduser(args.out) if args.out else os.path.join(workdirs[0], "curves.png")
     parent = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise cli.ToolError(f"--out {out} is a directory; give the name of the PNG file to write")
     if not os.path.isdir(parent):
         raise cli.ToolError(f"cannot write {out}: directory {parent} does not exist")
     metric = args.metric or _training_metric(workdirs[0])
-    print(curves.draw(histories, metric, out))
+    try:
+        print(curves.draw(histories, metric, out))
+    except OSError as err:
+        raise cli.ToolError(f"cannot write {out}: {err.strerror or err}") from None
     for run in histories:
         best = run.best(metric)
         epochs = len(run.epoch_x)

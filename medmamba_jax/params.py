@@ -172,7 +172,10 @@ def _torch_load(torch, path: str):
     except Exception as err:
         if "Weights only load failed" not in str(err):
             raise
-    found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - it reads zip files only; an old-format pickle is not listed
+        found = ["objects of the pre-1.6 pickle format"]
     other = [name for name in found if not _NUMPY_GLOBALS.fullmatch(name)]
     if other:  # a readable pickle of more than tensors
         raise CheckpointError(f"{path}: holds pickled Python objects ({', '.join(other[:4])}), such as a whole "
@@ -180,7 +183,8 @@ def _torch_load(torch, path: str):
                               "save model.state_dict() instead") from None
     # An array's dtype is rebuilt through its dtype class, which the listing does not name.
     dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    with torch.serialization.safe_globals([_resolve(name) for name in found] + dtype_classes):
+    # Each under the name the file uses: NumPy 1 pickled numpy.core.*, which NumPy 2 calls numpy._core.*.
+    with torch.serialization.safe_globals([(_resolve(name), name) for name in found] + dtype_classes):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 

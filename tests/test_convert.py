@@ -59,6 +59,25 @@ def test_pickled_objects_beside_the_weights_are_named(state_dict, tmp_path):
         load_torch_state_dict(tmp_path / "args.pth")
 
 
+def test_numpy_values_pickled_by_numpy_1_load(state_dict, tmp_path):
+    import zipfile
+
+    torch.save({"model": state_dict, "best_acc": np.float64(0.9), "order": np.arange(3)}, tmp_path / "new.pth")
+    with zipfile.ZipFile(tmp_path / "new.pth") as new, zipfile.ZipFile(tmp_path / "old.pth", "w") as old:
+        for entry in new.infolist():  # NumPy 1 named its pickling helpers numpy.core.*, NumPy 2 numpy._core.*
+            content = new.read(entry)
+            old.writestr(entry, content.replace(b"numpy._core.", b"numpy.core.") if entry.filename.endswith(".pkl")
+                         else content)
+    assert b"numpy.core.multiarray" in zipfile.ZipFile(tmp_path / "old.pth").read("new/data.pkl")
+    assert load_torch_state_dict(tmp_path / "old.pth").keys() == state_dict.keys()
+
+
+def test_a_pickled_model_in_the_pre_1_6_format_asks_for_its_state_dict(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"pickled Python objects \(objects of the pre-1.6 pickle format\)"):
+        load_torch_state_dict(tmp_path / "legacy.pth")
+
+
 def test_a_damaged_archive_is_caught_by_its_crc(tmp_path):
     content = bytearray((DATA / "tiny.pth").read_bytes())
     middle = len(content) // 2

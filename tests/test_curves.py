@@ -118,8 +118,28 @@ def test_command_usage_errors(args, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_every_metric_can_be_the_starred_one(tmp_path, capsys):
+    runs = [_write(tmp_path / name, _records(2, 3, 1, [0.5, 0.7, 0.6])) for name in ("a", "b")]
+    for metric in METRICS:
+        out = str(tmp_path / f"{metric}.png")
+        assert curves_cli.main([*runs, "--out", out, "--metric", metric]) == 0
+        assert_png_not_blank(out)
+
+
+def test_a_figure_that_fails_to_draw_is_closed(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run = curves.read_history(_write(tmp_path / "run", _records(2, 2, 1, [0.5, 0.6])))
+    broken = run._replace(train_loss=run.train_loss[:-1])  # x and y of different lengths
+    with pytest.raises(ValueError):
+        curves.draw([broken], "auc", str(tmp_path / "c.png"))
+    assert plt.get_fignums() == [] and os.listdir(tmp_path) == ["run"]  # no figure open, no temporary file left
+
+
 def test_command_errors_are_one_line(tmp_path, capsys):
     workdir = _write(tmp_path / "run", _records(2, 1, 1, [0.5]))
+    assert cli.run(curves_cli.main, [workdir, "--out", str(tmp_path)]) == 1
+    assert "is a directory; give the name of the PNG file to write" in capsys.readouterr().err
     assert cli.run(curves_cli.main, [workdir, "--out", str(tmp_path / "no" / "such" / "dir" / "c.png")]) == 1
     assert capsys.readouterr().err.startswith("error: cannot write")
     assert cli.run(curves_cli.main, [str(tmp_path / "elsewhere")]) == 1

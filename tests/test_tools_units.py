@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
 from conftest import assert_png_not_blank, write_dicom
 
 from medmamba_jax import evaluate
@@ -49,8 +52,23 @@ def test_a_dicom_window_maps_its_own_range_to_black_and_white(tmp_path):
     # Soft tissue only stays mid-grey, as in a viewer, instead of being stretched to 0..255.
     assert _dicom_row(tmp_path, [0, 20, 40], **CT_WINDOW) == [102, 115, 128]
     assert _dicom_row(tmp_path, [0, 20, 40], **CT_WINDOW, PhotometricInterpretation="MONOCHROME1") == [153, 140, 127]
-    # A window pydicom rejects (width 0) falls back to min-max instead of failing the file.
+    # A window pydicom rejects (width 0) or ignores (no width, an empty VOI LUT sequence)
+    # falls back to min-max instead of failing the file or turning it flat grey.
     assert _dicom_row(tmp_path, [0, 20, 40], **{**CT_WINDOW, "WindowWidth": 0}) == [0, 128, 255]
+    assert _dicom_row(tmp_path, [0, 20, 40], **{k: v for k, v in CT_WINDOW.items() if k != "WindowWidth"}) == [0, 128, 255]
+    rescale_only = {k: v for k, v in CT_WINDOW.items() if k.startswith("Rescale")}
+    assert _dicom_row(tmp_path, [0, 20, 40], **rescale_only, VOILUTSequence=Sequence([])) == [0, 128, 255]
+    # An empty sequence beside a window leaves the window in charge.
+    assert _dicom_row(tmp_path, [0, 20, 40], **CT_WINDOW, VOILUTSequence=Sequence([])) == [102, 115, 128]
+
+
+def test_a_voi_lut_maps_its_table_range_to_black_and_white(tmp_path):
+    table = Dataset()
+    table.add_new(0x00283002, "US", [4001, 0, 12])  # LUT Descriptor: 4001 entries from stored value 0, 12 bits
+    table.add_new(0x00283006, "US", np.round(np.linspace(0, 4095, 4001)).astype(int).tolist())  # LUT Data
+    for stored, shown in (([0, 1000, 2000, 4000], [0, 64, 127, 255]), ([1000, 1500, 2000], [64, 96, 127])):
+        write_dicom(str(tmp_path / "lut.dcm"), np.array([stored]), VOILUTSequence=Sequence([table]))
+        assert np.asarray(images.read_image(str(tmp_path / "lut.dcm")))[0].tolist() == shown
 
 
 def test_palette_colour_dicoms_are_looked_up(tmp_path):

@@ -145,10 +145,20 @@ def training_curves(histories: list, best_metric: str, path: str) -> str:
 
     ``histories`` are ``curves.History``; the best epoch by ``best_metric`` is starred, and a
     run's test result (of its best checkpoint) is given in the legend."""
-    fig, (loss_ax, val_ax, lr_ax) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"wspace": 0.28})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"wspace": 0.28})
+    try:
+        _draw_curves(fig, axes, histories, best_metric)
+    except Exception:
+        plt.close(fig)  # a figure that failed to draw must not stay open in a training process
+        raise
+    return _save(fig, path)
+
+
+def _draw_curves(fig, axes, histories: list, best_metric: str) -> None:
+    loss_ax, val_ax, lr_ax = axes
     colours = plt.get_cmap("tab10")
     shown = [best_metric] + [m for m in ("auc", "accuracy", "f1") if m != best_metric]
-    styles = dict(zip(shown, ("-", "--", ":")))
+    styles = dict(zip(shown, ("-", "--", ":", "-.")))
     for i, run in enumerate(histories):
         colour = colours(i % colours.N)
         label = _short(run.name, 40)
@@ -175,4 +185,3 @@ def training_curves(histories: list, best_metric: str, path: str) -> str:
     fig.legend(*loss_ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(histories), 3),
                fontsize=9, bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(histories) - 1) // 3)))
     fig.subplots_adjust(bottom=0.2 + 0.05 * ((len(histories) - 1) // 3))
-    return _save(fig, path)

@@ -34,33 +34,50 @@ def _is_dicom(path: str) -> bool:
 
 
 def _window_to_uint8(pixels: np.ndarray, ds) -> np.ndarray:
-    """DICOM pixel values -> uint8, through the file's VOI window (or VOI LUT) when it has a
-    valid one, else min-max.
+    """DICOM pixel values -> uint8, through the file's VOI LUT or window when it has a usable
+    one, else min-max.
 
-    The window's whole output range maps to 0..255, as a viewer shows it: tissue below the
-    window is black, above it white, and an image whose values fill only part of the window
-    stays that shade of grey. Min-max (no window, or one pydicom rejects, such as a width of 0)
-    keeps all contrast.
+    The VOI transform's whole output range maps to 0..255, as a viewer shows it: tissue
+    below a window is black, above it white, and an image whose values fill only part of the
+    window stays that shade of grey. Min-max (no VOI transform, or one pydicom cannot apply,
+    such as a window of width 0) keeps all contrast.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        try:
-            # The window's output range, from pydicom itself: values far outside the window
-            # land on its two ends (for a VOI LUT, on the table's first and last entries).
-            with np.errstate(over="ignore"):
-                ends = apply_voi_lut(np.array([-1e300, 1e300]), ds).astype(np.float64)
-            windowed = apply_voi_lut(values, ds).astype(np.float64)
-        except Exception:  # noqa: BLE001 - pydicom raises many types; an unusable window means min-max
-            pass
-        else:
-            (lo, hi), values = sorted(ends.tolist()), windowed
+    voi = _voi(values, ds)
+    if voi is not None:
+        values, lo, hi = voi
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # 0 is white in MONOCHROME1
         scaled = 1.0 - scaled
     return np.round(scaled * 255).astype(np.uint8)
+
+
+def _voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float] | None:
+    """(values through the VOI transform, its output range lo, hi), choosing as pydicom's
+    apply_voi_lut does (a VOI LUT before a window); None when the file has no usable one."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    table = ds.get("VOILUTSequence")
+    try:
+        if table and table[0].get("LUTDescriptor") is not None and table[0].get("LUTData") is not None:
+            entries, first = int(table[0].LUTDescriptor[0]) or 2**16, int(table[0].LUTDescriptor[1])
+            outputs = apply_voi(np.arange(first, first + entries), ds)  # the whole table
+            lo, hi = float(outputs.min()), float(outputs.max())
+            values = apply_voi(np.round(values).astype(np.int64), ds)  # a table is indexed by integers
+        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            with np.errstate(over="ignore"):  # far below and far above the window: its two output ends
+                lo, hi = sorted(apply_windowing(np.array([-1e300, 1e300]), ds).tolist())
+            values = apply_windowing(values, ds)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - pydicom raises many types; an unusable VOI means min-max
+        return None
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        return None
+    return np.asarray(values, np.float64), lo, hi
 
 
 def _read_dicom(path: str) -> Image.Image:
