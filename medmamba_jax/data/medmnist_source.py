@@ -135,17 +135,17 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int, path: str, split: str) -> None:
-    """The split's arrays are what the official files hold: uint8 (N, size, size, channels)
-    images, and (N, 1) class indices or (N, labels) 0/1 multi-label targets."""
+    """The split's arrays are what the official files hold: uint8 (N, size, size, C) images,
+    and (N, 1) class indices or (N, labels) 0/1 multi-label targets. C may differ from the
+    published channels (a set saved in colour, say): training checks it against in_chans."""
     n_labels = len(entry["label"])
     multi_label = entry["task"].startswith("multi-label")
-    image_shape = (size, size, entry["n_channels"])
     label_width = n_labels if multi_label else 1
     problems = []
     if images.dtype != np.uint8:
         problems.append(f"{images.dtype} images, not uint8")
-    if images.shape[1:] != image_shape:
-        problems.append(f"images of shape {images.shape[1:]}, not {image_shape}")
+    if images.shape[1:3] != (size, size) or images.shape[3] not in (1, 3):
+        problems.append(f"images of shape {images.shape[1:]}, not ({size}, {size}, 1 or 3)")
     if labels.shape[1:] != (label_width,):
         problems.append(f"labels of shape {labels.shape[1:]}, not ({label_width},)")
     if len(labels) != len(images):
