@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit)
+    if args.bootstrap and len(images) < 2:
+        raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {args.split} split gives {len(images)}")
     print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
     scores = loaded.scores(images, args.batch_size, progress=args.split)
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)

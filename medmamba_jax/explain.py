@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cli.add_model_args(tsne, checkpoint_ok=False)
     cli.add_split_args(tsne, limit_default=2000)
     tsne.add_argument("--out", required=True, help="output directory for tsne.png and tsne.json")
-    tsne.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
+    tsne.add_argument("--perplexity", type=cli.float_above(0), default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
     cli.add_batch_size(tsne, 64)
     tsne.add_argument("--seed", type=int, default=0, help="t-SNE random state (default: 0)")
     return parser.parse_args(argv)

@@ -69,6 +69,8 @@ def test_evaluate_bootstrap_gives_intervals_around_the_metrics(tools_workdir, tm
     with pytest.raises(SystemExit):
         evaluate.main(["--workdir", tools_workdir, "--bootstrap", "1"])
     assert "takes 0 (off) or at least 2 draws" in capsys.readouterr().err
+    assert run(evaluate.main, ["--workdir", tools_workdir, "--out", out, "--limit", "1", "--bootstrap", "5"]) == 1
+    assert "--bootstrap needs at least 2 images, and the test split gives 1" in capsys.readouterr().err
 
 
 def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images, capsys):

@@ -118,6 +118,22 @@ def test_unreadable_files(sample_images, tmp_path, monkeypatch):
         images.read_image(sample_images["rgb.png"])
 
 
+def test_gradcam_maps_each_cell_onto_the_pixels_it_saw():
+    import jax
+
+    from medmamba_jax.analysis.gradcam import upsample
+
+    hot = np.zeros((1, 7, 7), np.float32)
+    hot[0, 6, 2] = 1.0  # evidence in the cell covering rows 192-223, columns 64-95
+    for size in (224, 255):  # 255: the last 31 rows and columns were dropped by the patch embedding and merges
+        cam = np.asarray(upsample(hot, 32, (size, size)))[0]
+        rows, cols = np.nonzero(cam > 0.5)
+        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (192, 223, 64, 95), size
+        assert cam[224:].max(initial=0) == 0 and cam[:, 224:].max(initial=0) == 0
+    ramp = np.arange(49, dtype=np.float32).reshape(1, 7, 7)  # where the map covers the image: a plain resize
+    np.testing.assert_allclose(upsample(ramp, 32, (224, 224)), jax.image.resize(ramp, (1, 224, 224), "linear"))
+
+
 def test_figure_stems_are_distinct():
     from medmamba_jax.explain import figure_stems
 
@@ -184,6 +200,8 @@ def test_evaluate_plots_of_a_multilabel_task(tmp_path):
     ("evaluate", ["--workdir", "w", "--limit", "-1"], "--limit: must be at least 0, got -1"),
     ("robustness", ["--workdir", "w", "--out", "o", "--batch-size", "-2"], "--batch-size: must be at least 1"),
     ("explain", ["tsne", "--workdir", "w", "--out", "o", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    ("explain", ["tsne", "--workdir", "w", "--out", "o", "--perplexity", "0"], "--perplexity: must be above 0, got 0"),
+    ("explain", ["tsne", "--workdir", "w", "--out", "o", "--perplexity", "x"], "--perplexity: 'x' is not a number"),
 ])
 def test_bad_counts_are_usage_errors(module, args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -100,6 +100,22 @@ def int_at_least(lowest: int) -> Callable[[str], int]:
     return parse
 
 
+def float_above(lowest: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number > ``lowest``, or a usage error naming the bound."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > lowest:
+            raise argparse.ArgumentTypeError(f"must be above {lowest:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number > {lowest:g}"
+    return parse
+
+
 def add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--batch-size", type=int_at_least(1), default=default,
                         help=f"images per forward pass (default: {default})")

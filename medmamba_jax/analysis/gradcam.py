@@ -29,11 +29,26 @@ def _gradcam(model: MedMamba, x: jax.Array, targets: jax.Array) -> tuple[jax.Arr
     (grads,) = pullback(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
     weights = grads.mean(axis=(1, 2), keepdims=True)  # (b, 1, 1, C): importance of each channel
     cam = jax.nn.relu(jnp.sum(weights * feature_map.astype(jnp.float32), axis=-1))  # (b, h, w)
-    cam = jax.image.resize(cam, (x.shape[0],) + x.shape[1:3], method="linear")
+    cell = model.config.patch_size * 2 ** (len(model.config.dims) - 1)
+    cam = upsample(cam, cell, x.shape[1:3])
     # Min-max per image, as usual for display; a flat map (no spatial evidence) becomes all zero.
     low, high = cam.min(axis=(1, 2), keepdims=True), cam.max(axis=(1, 2), keepdims=True)
     spread = high - low
     return jnp.where(spread > 0, (cam - low) / jnp.where(spread > 0, spread, 1.0), 0.0), logits
+
+
+def upsample(cam: jax.Array, cell: int, size: tuple[int, int]) -> jax.Array:
+    """Maps (b, h, w) over the input pixels (b, H, W): map cell (i, j) covers pixels
+    [i*cell, (i+1)*cell) x [j*cell, (j+1)*cell), bilinearly between cell centres.
+
+    The patch embedding and each patch merging drop leftover rows and columns, so when H is
+    not a multiple of ``cell`` the map covers only the top-left h*cell pixels; stretching it
+    over the whole image would move the evidence (30 pixels at 255x255). The strip of pixels
+    the model never saw gets 0.
+    """
+    scale = jnp.full((2,), float(cell), jnp.float32)
+    return jax.image.scale_and_translate(cam, (cam.shape[0], *size), (1, 2), scale, jnp.zeros(2, jnp.float32),
+                                         method="linear", antialias=False)
 
 
 def gradcam(model: MedMamba, x: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -35,6 +35,8 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, task: str, resam
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     labels, scores = np.asarray(labels), np.asarray(scores)
+    if len(labels) < 2:
+        raise ValueError(f"a bootstrap needs at least 2 images, got {len(labels)}")
     bar = tqdm.tqdm(total=resamples, desc=f"bootstrap {progress}", disable=progress is None, leave=False)
 
     def metrics_of(index: np.ndarray) -> np.ndarray:
