@@ -33,26 +33,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+CHUNK_BYTES = 64 * 2**20  # uint8 images perturbed at a time: their float32 work copies stay near 1 GB
+
+
 class Scorer:
     """Summary metrics of the model on (perturbed) uint8 images against fixed labels."""
 
     def __init__(self, loaded: cli.Loaded, labels: np.ndarray, batch_size: int):
         self.loaded, self.labels, self.batch_size = loaded, labels, batch_size
 
-    def __call__(self, images: np.ndarray) -> dict[str, float]:
+    def __call__(self, images: np.ndarray, severity: int = 0, perturb: Callable | None = None) -> dict[str, float]:
+        """Metrics on ``perturb(chunk, severity, first)`` of each chunk of the images (none: the images)."""
         from medmamba_jax.evaluation import compute_metrics, summary
 
-        scores = self.loaded.scores(images, self.batch_size)
-        return summary(compute_metrics(self.labels, scores, self.loaded.task))
+        per_image = max(images[:1].nbytes, 1)
+        chunk = max(1, CHUNK_BYTES // per_image // self.batch_size) * self.batch_size  # whole batches: one compilation
+        scores = []
+        for first in range(0, len(images), chunk):
+            part = images[first : first + chunk]
+            scores.append(self.loaded.scores(part if perturb is None else perturb(part, severity, first), self.batch_size))
+        return summary(compute_metrics(self.labels, np.concatenate(scores), self.loaded.task))
 
 
-def sweep(name: str, apply: Callable[[np.ndarray, int], np.ndarray], images: np.ndarray, score: Scorer,
+def sweep(name: str, apply: Callable[[np.ndarray, int, int], np.ndarray], images: np.ndarray, score: Scorer,
           clean: dict[str, float], bar: tqdm) -> list[dict[str, float]]:
     """Metrics at severities 0 (the clean result) to 5 of one perturbation."""
     rows = [{"severity": 0, **clean}]
     for severity in range(1, 6):
         bar.set_postfix_str(f"{name} {severity}")
-        rows.append({"severity": severity, **score(apply(images, severity))})
+        rows.append({"severity": severity, **score(images, severity, apply)})
         bar.update()
     return rows
 

@@ -161,6 +161,31 @@ def test_perturbations_grow_with_severity():
     assert warm[..., 0].mean() > batch[..., 0].mean() and warm[..., 2].mean() < batch[..., 2].mean()
 
 
+def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch):
+    from medmamba_jax import robustness
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(40) % 3
+    seen = []
+
+    def scores(batch, batch_size):  # a stand-in model: class scores from each channel's mean
+        seen.append(len(batch))
+        means = batch.reshape(len(batch), -1, 3).mean(axis=1)
+        return means / means.sum(axis=1, keepdims=True)
+
+    loaded = types.SimpleNamespace(scores=scores, task="multi-class")
+    score = robustness.Scorer(loaded, labels, batch_size=4)
+    rotation, noise = (p for p in perturb.PERTURBATIONS if p.name in ("rotation", "gaussian_noise"))
+    whole = score(images, 3, rotation)
+    monkeypatch.setattr(robustness, "CHUNK_BYTES", 10 * images[0].nbytes)  # chunks of 8 images (2 batches)
+    seen.clear()
+    assert score(images, 3, rotation) == whole and seen == [8, 8, 8, 8, 8]
+    # Noise is drawn per chunk, seeded by the chunk's first image: no chunk repeats another's.
+    first, second = noise(images[:8], 5, first=0), noise(images[8:16], 5, first=8)
+    assert not np.array_equal(first.astype(int) - images[:8], second.astype(int) - images[8:16])
+    np.testing.assert_array_equal(noise(images[:8], 5, first=0), first)
+
+
 def test_medmnistc_absent_or_present(monkeypatch):
     monkeypatch.setitem(sys.modules, "medmnistc", None)  # as if not installed
     assert "not installed" in perturb.medmnistc_corruptions("pathmnist")

@@ -39,10 +39,11 @@ def colour_temperature(images: np.ndarray, amount: float) -> np.ndarray:
     return _to_uint8(images.astype(np.float32) * gains)
 
 
-def gaussian_noise(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    """Additive N(0, (255 sigma)^2) noise, the same draw for a given seed."""
-    noise = np.random.default_rng(seed).normal(0.0, 255.0 * sigma, images.shape)
-    return _to_uint8(images.astype(np.float32) + noise)
+def gaussian_noise(images: np.ndarray, sigma: float, first: int = 0) -> np.ndarray:
+    """Additive N(0, (255 sigma)^2) noise, drawn in float32 from a generator seeded by ``first``
+    (the index of images[0] in its split), so each chunk of a split gets its own draw."""
+    noise = np.random.default_rng((0, first)).standard_normal(images.shape, dtype=np.float32)
+    return _to_uint8(images.astype(np.float32) + np.float32(255.0 * sigma) * noise)
 
 
 def blur(images: np.ndarray, fraction: float) -> np.ndarray:
@@ -67,10 +68,15 @@ class Perturbation:
     params: tuple[float, ...]
     unit: str
     rgb_only: bool = False
+    random: bool = False  # apply takes a third argument, ``first``, that seeds its draw
 
-    def __call__(self, images: np.ndarray, severity: int) -> np.ndarray:
+    def __call__(self, images: np.ndarray, severity: int, first: int = 0) -> np.ndarray:
+        """``images`` at ``severity``; ``first`` is the index of images[0] in its split, so that
+        a split perturbed chunk by chunk draws different noise for each chunk."""
         if severity == 0:
             return images
+        if self.random:
+            return self.apply(images, self.params[severity - 1], first)
         return self.apply(images, self.params[severity - 1])
 
 
@@ -79,7 +85,7 @@ PERTURBATIONS = (
     Perturbation("translation", translate, (0.04, 0.08, 0.12, 0.16, 0.20), "fraction of side"),
     Perturbation("colour_temperature", colour_temperature, (0.06, 0.12, 0.18, 0.24, 0.30),
                  "red gain / blue loss", rgb_only=True),
-    Perturbation("gaussian_noise", gaussian_noise, (0.02, 0.04, 0.06, 0.08, 0.10), "std / 255"),
+    Perturbation("gaussian_noise", gaussian_noise, (0.02, 0.04, 0.06, 0.08, 0.10), "std / 255", random=True),
     Perturbation("blur", blur, (0.02, 0.03, 0.045, 0.06, 0.08), "std, fraction of side"),
     Perturbation("contrast", contrast, (0.8, 0.65, 0.5, 0.35, 0.2), "contrast factor"),
 )
@@ -100,7 +106,7 @@ def medmnistc_corruptions(flag: str) -> dict[str, Callable[[np.ndarray, int], np
     from PIL import Image
 
     def batch_fn(corruption) -> Callable[[np.ndarray, int], np.ndarray]:
-        def apply(images: np.ndarray, severity: int) -> np.ndarray:
+        def apply(images: np.ndarray, severity: int, first: int = 0) -> np.ndarray:
             out = []
             for image in images:
                 pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
