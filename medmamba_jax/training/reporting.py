@@ -29,7 +29,8 @@ class Reporter:
     test replaces, so re-running a finished run (or one given more epochs) shows one test
     result, not two. W/curves.png is drawn from metrics.jsonl (``best_metric`` starred) after
     the first validated epoch, then after an epoch at most every ``curves_every_s`` seconds
-    (a draw takes about a second: short epochs must not wait for it), and after the test.
+    (a draw takes about 0.5 s, the first 2.5 s, benchmarks/RESULTS.md: short epochs must not
+    wait for it), and after the test.
     """
 
     def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0, revalidate: bool = False,
