@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import record  # noqa: E402
 from medmamba_jax.analysis import curves  # noqa: E402
+from medmamba_jax.training.reporting import METRICS_FILE  # noqa: E402
 
 
 def fake_records(epochs: int, steps_per_epoch: int, log_every: int) -> list[dict]:
@@ -48,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     records = fake_records(args.epochs, args.steps_per_epoch, args.log_every)
     with tempfile.TemporaryDirectory() as workdir:
-        with open(os.path.join(workdir, curves.METRICS_FILE), "w") as f:
+        with open(os.path.join(workdir, METRICS_FILE), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         times = []
         for _ in range(args.repeats + 1):

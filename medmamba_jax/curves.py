@@ -49,11 +49,12 @@ def _training_metric(workdir: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.analysis import curves
+    from medmamba_jax.training.reporting import CURVES_FILE
 
     args = parse_args(argv)
     workdirs = [os.path.expanduser(w) for w in args.workdirs]
     histories = [curves.read_history(w, name) for w, name in zip(workdirs, _names(workdirs))]
-    out = os.path.expanduser(args.out) if args.out else os.path.join(workdirs[0], "curves.png")
+    out = os.path.expanduser(args.out) if args.out else os.path.join(workdirs[0], CURVES_FILE)
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise cli.ToolError(f"--out {out} is a directory; give the name of the PNG file to write")

@@ -8,7 +8,6 @@ The figure itself is ``plots.training_curves``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import NamedTuple
@@ -16,9 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from medmamba_jax.analysis.cli import ToolError
-
-METRICS_FILE = "metrics.jsonl"
-
+from medmamba_jax.training import reporting
 
 class History(NamedTuple):
     """One run's curves. x values are epochs (epoch e's end is e + 1); arrays are float."""
@@ -45,18 +42,11 @@ class History(NamedTuple):
 
 def read_records(workdir: str) -> list[dict]:
     """The records of W/metrics.jsonl; a line that a killed run left half-written is skipped."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, reporting.METRICS_FILE)
     if not os.path.isfile(path):
         what = "is not a train.py workdir" if not os.path.isdir(workdir) else "has not logged anything yet"
         raise ToolError(f"{path} not found: {workdir} {what}")
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    return reporting.read_records(path)
 
 
 def history(records: list[dict], name: str) -> History:

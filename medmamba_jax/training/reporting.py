@@ -15,6 +15,7 @@ from typing import Any
 
 import tqdm
 
+METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 
@@ -47,7 +48,7 @@ class Reporter:
                 return False
             return not (revalidate and record["step"] == start_step and record["split"] in ("val", "epoch"))
 
-        path = os.path.join(workdir, "metrics.jsonl")
+        path = os.path.join(workdir, METRICS_FILE)
         at_start = _keep_records(path, kept) if os.path.exists(path) else []
         self._jsonl = open(path, "a")
         self._tb_dir = os.path.join(workdir, "tensorboard")
@@ -109,9 +110,8 @@ class Reporter:
             self._tb.close()
 
 
-def _keep_records(path: str, keep) -> list[dict]:
-    """Rewrites a JSON-lines file with the records ``keep`` accepts, and returns them; a line
-    that a killed run left half-written is dropped."""
+def read_records(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a line that a killed run left half-written is skipped."""
     records = []
     with open(path) as f:
         for line in f:
@@ -119,7 +119,12 @@ def _keep_records(path: str, keep) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    records = [r for r in records if keep(r)]
+    return records
+
+
+def _keep_records(path: str, keep) -> list[dict]:
+    """Rewrites a JSON-lines file with the records ``keep`` accepts (read_records's), and returns them."""
+    records = [r for r in read_records(path) if keep(r)]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
