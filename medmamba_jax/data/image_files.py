@@ -45,9 +45,10 @@ def _window_to_uint8(pixels: np.ndarray, ds) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
     voi = _voi(values, ds)
-    if voi is not None:
+    if voi is None:
+        lo, hi = float(values.min()), float(values.max())
+    else:
         values, lo, hi = voi
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # 0 is white in MONOCHROME1
