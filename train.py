@@ -2,7 +2,8 @@ r"""Trains MedMamba: ``python train.py --config=configs/medmnist.py --workdir=DI
 
 The work is done by ``medmamba_jax.training.train.train_and_evaluate``; this file only
 parses flags and turns bad-input exceptions into a one-line message and exit status 1.
-Running it again with the same workdir resumes from the latest checkpoint.
+Running it again with the same workdir resumes from the latest checkpoint. A SIGTERM (a
+scheduler's preemption notice) first saves the step in progress, then exits with status 143.
 """
 
 import sys
@@ -36,6 +37,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint operation at INFO
     from medmamba_jax.training.errors import expected_errors
+    from medmamba_jax.training.preemption import EXIT_STATUS, Preempted
     from medmamba_jax.training.train import train_and_evaluate
 
     try:
@@ -43,6 +45,9 @@ def main(argv):
     except expected_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(EXIT_STATUS)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command to resume from the latest checkpoint", file=sys.stderr)
         sys.exit(130)  # the shell's status for SIGINT

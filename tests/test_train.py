@@ -1,4 +1,5 @@
-"""The training job end to end: train.py itself, resume after SIGKILL, 8 devices, bad inputs.
+"""The training job end to end: train.py itself, resume after Ctrl-C, SIGTERM and SIGKILL, 8 devices,
+two hosts, bad inputs.
 
 One uninterrupted 2-epoch run (``reference_run``) is shared by the tests that compare
 against it; the persistent compilation cache set up in conftest lets every later run of
@@ -7,6 +8,7 @@ the same program skip compilation.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,11 +50,11 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in _records(workdir) if r["split"] == "train"}
 
 
-def _assert_losses_match_reference(workdir, reference_run):
-    """A one-epoch run's losses equal the first epoch of the reference run's."""
-    ours, one = _losses(workdir), _losses(reference_run[0])
-    assert sorted(ours) == list(range(1, 7))
-    np.testing.assert_allclose([ours[s] for s in sorted(ours)], [one[s] for s in sorted(ours)], rtol=1e-4)
+def _assert_losses_match_reference(workdir, reference_run, epochs=1):
+    """The run's losses equal those of the reference run's first ``epochs`` epochs."""
+    ours, reference = _losses(workdir), _losses(reference_run[0])
+    assert sorted(ours) == list(range(1, 6 * epochs + 1))
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)], [reference[s] for s in sorted(ours)], rtol=1e-4)
 
 
 def _assert_records_and_results_match(workdir, reference) -> None:
@@ -108,8 +110,13 @@ def _latest_steps(workdir) -> list[int]:
 def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess.CompletedProcess:
     """Runs the reference run's command in ``workdir`` and sends ``sig`` once a checkpoint at
     ``step`` or later exists; returns the stopped process's status and stderr."""
-    proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={data_dir}", *RUN_ARGS), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (pytest run in the background); one handled here it does not.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(train_cmd(workdir, f"--config.data_dir={data_dir}", *RUN_ARGS), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         steps = _latest_steps(workdir)
@@ -127,6 +134,10 @@ def test_interrupt_kill_and_resume_give_identical_results(reference_run, fake_me
     assert interrupted.returncode == 130, "the run finished before it could be interrupted"
     assert interrupted.stderr.strip().endswith("interrupted: run the same command to resume from the latest "
                                                "checkpoint") and "Traceback" not in interrupted.stderr
+    newer = _latest_steps(workdir)[-1] + 1
+    assert newer < 12, "too late for a SIGTERM while the run still trains"
+    terminated = _stop_after_checkpoint(workdir, fake_medmnist_dir, newer, signal.SIGTERM)
+    _assert_stopped_by_sigterm(workdir, [terminated])
     killed = _stop_after_checkpoint(workdir, fake_medmnist_dir, 8, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "results.json"))
@@ -145,22 +156,48 @@ def test_eight_devices_give_the_losses_of_one(reference_run, fake_medmnist_dir, 
     _assert_losses_match_reference(workdir, reference_run)
 
 
-def test_two_processes_give_the_losses_of_one(reference_run, fake_medmnist_dir, tmp_path):
-    """Two hosts' worth of train.py processes (jax.distributed over localhost, one CPU device each)."""
-    workdir = str(tmp_path / "two")
+def _assert_stopped_by_sigterm(workdir, stopped: list[subprocess.CompletedProcess]) -> None:
+    """Every process stopped after the same step, which is the newest latest checkpoint."""
+    said = [re.search(r"stopped by SIGTERM after step (\d+), which is saved: run the same command to resume$",
+                      p.stderr.strip()) for p in stopped]
+    assert all(said) and [p.returncode for p in stopped] == [143] * len(stopped), [p.stderr[-2000:] for p in stopped]
+    assert len({m.group(1) for m in said}) == 1 and "Traceback" not in "".join(p.stderr for p in stopped)
+    assert _latest_steps(workdir)[-1] == int(said[0].group(1))
+
+
+def _two_processes(workdir, data_dir, *overrides) -> list[subprocess.Popen]:
+    """train.py as two hosts (jax.distributed over localhost, one CPU device each)."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(
-        train_cmd(workdir, f"--config.data_dir={fake_medmnist_dir}", "--config.num_epochs=1",
-                  "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
-                  "--config.num_processes=2", f"--config.process_id={i}"),
+    return [subprocess.Popen(
+        train_cmd(workdir, f"--config.data_dir={data_dir}", *overrides, "--config.distributed=True",
+                  f"--config.coordinator_address=localhost:{port}", "--config.num_processes=2",
+                  f"--config.process_id={i}"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outputs = [proc.communicate(timeout=600) for proc in procs]
-    for proc, (_, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
-    assert "test accuracy" in outputs[0][0] and "epoch" not in outputs[1][0]  # only process 0 reports
-    _assert_losses_match_reference(workdir, reference_run)
+
+
+def _finished(procs) -> list[subprocess.CompletedProcess]:
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, fake_medmnist_dir, tmp_path):
+    """A SIGTERM to one host stops both after the same step (JAX's preemption sync point); the
+    resumed pair ends with the reference run's losses."""
+    workdir = str(tmp_path / "two")
+    procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
+    metrics, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if os.path.exists(metrics) and os.path.getsize(metrics):  # step 1's loss is logged
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    _assert_stopped_by_sigterm(workdir, _finished(procs))
+    resumed = _finished(_two_processes(workdir, fake_medmnist_dir, *RUN_ARGS))
+    assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-3000:] + resumed[1].stderr[-3000:]
+    assert "test accuracy" in resumed[0].stdout and "epoch" not in resumed[1].stdout  # only process 0 reports
+    _assert_losses_match_reference(workdir, reference_run, epochs=2)
     # The tools load it in one process, whose devices are not the ones the checkpoints name.
     assert all(np.isfinite(w).all() for which in ("best", "latest") for w in _weights(workdir, which))
 
@@ -307,9 +344,9 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
     assert _latest_steps(workdir)[-1] == 6
     trained = []
 
-    def recorded_train_epoch(self, epoch):
+    def recorded_train_epoch(self, epoch, notice):
         trained.append(epoch)
-        return train_epoch(self, epoch)
+        return train_epoch(self, epoch, notice)
 
     monkeypatch.setattr(train, "evaluate", evaluate)
     monkeypatch.setattr(train.Trainer, "train_epoch", recorded_train_epoch)

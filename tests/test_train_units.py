@@ -1,6 +1,7 @@
 """Fast pieces of training: the schedule's boundaries, gradient accumulation, config checks, CLI errors,
 TensorBoard records."""
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import optax
 import pytest
 
 from conftest import run_train
-from medmamba_jax.training import checkpointing, model_init, optim, reporting, steps, train
+from medmamba_jax.training import checkpointing, model_init, optim, preemption, reporting, steps, train
 from medmamba_jax.training.config import default_config, validate
 from medmamba_jax.training.errors import ConfigError, TrainingError
 
@@ -43,7 +44,7 @@ def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, 
     metrics = compute_metrics(np.array([0, 1]), np.eye(9)[[0, 1]], "multi-class")
     aucs = iter([0.6, 0.7, 0.65, 0.7, 0.9, 0.9, 0.9, 0.9])  # epoch 2 is the best; 3 and 4 are no better
 
-    def fake_train_epoch(self, epoch):
+    def fake_train_epoch(self, epoch, notice):
         self.progress.step = (epoch + 1) * self.run.steps_per_epoch
         self.progress.awaiting_validation = {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
 
@@ -51,7 +52,7 @@ def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, 
     monkeypatch.setattr(train, "evaluate", lambda *args: {**metrics, "auc": next(aucs)})
     trainer = train.Trainer(train.prepare(tiny_config), str(tmp_path))
     try:
-        trainer.fit()
+        trainer.fit(preemption.StopNotice())
     finally:
         trainer.close()
     spe = trainer.run.steps_per_epoch
@@ -233,7 +234,9 @@ def test_a_checkpoint_older_than_the_newest_is_an_error_not_skipped(tmp_path):
         checkpointing.save(manager, 6, {"w": jnp.ones((4,))}, {"step": 6})
 
 
-def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path, capsys):
+@pytest.mark.parametrize("ignored", [False, True], ids=["ctrl_c", "ignored_ctrl_c"])
+def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(ignored, tmp_path, capsys):
+    """A process started in the background (``cmd &``) ignores Ctrl-C, during a save too."""
     manager = checkpointing.managers(str(tmp_path))["latest"]
     write = manager.save
 
@@ -242,11 +245,16 @@ def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path,
         return write(*args, **kwargs)
 
     manager.save = interrupted_save
-    with pytest.raises(KeyboardInterrupt):
-        checkpointing.save(manager, 3, {"w": jnp.ones((4,))}, {"step": 3})
+    disposition = signal.SIG_IGN if ignored else signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, disposition)
+    try:
+        with pytest.raises(KeyboardInterrupt) if not ignored else contextlib.nullcontext():
+            checkpointing.save(manager, 3, {"w": jnp.ones((4,))}, {"step": 3})
+        assert signal.getsignal(signal.SIGINT) is disposition
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert checkpointing.has_checkpoint(str(tmp_path)) and os.listdir(manager.directory) == ["3"]
-    assert "finishing the checkpoint being written" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert ("finishing the checkpoint being written" in capsys.readouterr().err) is not ignored
 
 
 def test_resuming_with_other_dataset_classes_is_refused(tools_workdir):

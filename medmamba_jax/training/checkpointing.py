@@ -91,8 +91,10 @@ def interrupts_deferred(doing: str) -> Iterator[None]:
     """Holds a Ctrl-C (SIGINT) until the block ends, then delivers it; a second Ctrl-C is
     delivered at once. A save cut off midway leaves a temporary directory behind and Orbax's
     worker threads printing tracebacks over the one-line "interrupted" message."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread can set signal handlers, and only it receives signals
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Only the main thread can set signal handlers, and only it receives signals; a process
+        # started in the background (``cmd &``, nohup) ignores Ctrl-C, and should go on doing so.
+        yield
         return
     caught: list[int] = []
 

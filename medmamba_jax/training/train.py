@@ -22,7 +22,7 @@ from flax import nnx
 from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
 from medmamba_jax.models import MedMambaConfig
-from medmamba_jax.training import checkpointing, model_init, optim, reporting, sharding, steps
+from medmamba_jax.training import checkpointing, model_init, optim, preemption, reporting, sharding, steps
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
 
@@ -38,6 +38,8 @@ class Progress:
     bad_epochs: int = 0  # epochs since the best one, for early stopping
     loss_sum: float = 0.0  # running sum and count of this epoch's losses
     loss_count: int = 0
+    window_sum: float = 0.0  # and of those since the last logged one, which a save may split
+    window_count: int = 0
     # The train scalars of an epoch whose training is saved and whose validation is not yet:
     # a run resumed there validates it without training it again.
     awaiting_validation: dict | None = None
@@ -191,8 +193,8 @@ class Trainer:
         images, labels = self.run.stream(step)
         return sharding.shard_batch(self.run.mesh, images), sharding.shard_batch(self.run.mesh, labels)
 
-    def _check_losses(self, pending: list) -> float:
-        """Sums the pending (step, loss) pairs; a NaN or inf stops the run naming its step."""
+    def _check_losses(self, pending: list) -> None:
+        """Adds the pending (step, loss) pairs to the sums; a NaN or inf stops the run naming its step."""
         total = 0.0
         for step, loss in pending:
             value = float(loss)
@@ -202,23 +204,23 @@ class Trainer:
                     f"last good checkpoint: {_last_good(self.managers['latest'])}"
                 )
             total += value
-        self.progress.loss_sum += total
-        self.progress.loss_count += len(pending)
+        p = self.progress
+        p.loss_sum, p.loss_count = p.loss_sum + total, p.loss_count + len(pending)
+        p.window_sum, p.window_count = p.window_sum + total, p.window_count + len(pending)
         pending.clear()
-        return total
 
     def _save_latest(self, epoch: int) -> None:
         checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
                            _meta(self.run, self.progress, epoch), self.opt_state)
 
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
         """Micro-steps from the current one to the end of ``epoch``; the epoch's train scalars
-        then await its validation."""
+        then await its validation. Raises ``Preempted``, once saved, if ``notice`` asks for a stop."""
         spe, config, micro = self.run.steps_per_epoch, self.config, self.run.stream.micro_batch
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
                                  bool(config.progress_bar) and self.is_main)
-        began, pending = time.perf_counter(), []
+        began, pending, stop = time.perf_counter(), [], False
         for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
                                                                                int(config.prefetch))):
             self.model_state, self.opt_state, loss = self.train_step(
@@ -227,18 +229,17 @@ class Trainer:
             self.progress.step = step + 1
             bar.update()
             if self.progress.step % int(config.log_every_steps) == 0:
-                count = len(pending)
-                window = self._check_losses(pending) / count
-                rate, lr = bar.rate(micro, self.progress.step - epoch * spe), self.lr()
-                bar.show(window, lr, rate)
-                self.reporter.write("train", self.progress.step, epoch,
-                                    {"loss": window, "lr": lr, "images_per_sec": rate})
-            every = int(config.checkpoint_every_steps)
-            if every and self.progress.step % every == 0 and self.progress.step < end:
+                self._log_window(pending, epoch, bar)
+            stop, every = notice.reached(self.progress.step), int(config.checkpoint_every_steps)
+            if self.progress.step < end and (stop or (every and self.progress.step % every == 0)):
                 self._check_losses(pending)
                 self._save_latest(epoch)
+            if stop:
+                break
         self._check_losses(pending)
         bar.close()
+        if self.progress.step < end:  # stopped, and saved, within the epoch
+            raise preemption.Preempted(self.progress.step)
         seconds = time.perf_counter() - began
         p = self.progress
         p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
@@ -246,8 +247,19 @@ class Trainer:
         # A validation that cannot run (eval_batch_size too large for the device, say) fails the
         # first time a process validates: save before it, so that fixing it costs no training.
         # Later validations compile and run the same program, and each save costs seconds.
-        if not self.validated_here:
+        if not self.validated_here or stop:
             self._save_latest(epoch)
+        if stop:
+            raise preemption.Preempted(self.progress.step)
+
+    def _log_window(self, pending: list, epoch: int, bar: reporting.Progress) -> None:
+        """Reports the mean loss of the epoch's steps since its last report."""
+        self._check_losses(pending)
+        p = self.progress
+        window, p.window_sum, p.window_count = p.window_sum / p.window_count, 0.0, 0
+        rate, lr = bar.rate(self.run.stream.micro_batch, p.step - epoch * self.run.steps_per_epoch), self.lr()
+        bar.show(window, lr, rate)
+        self.reporter.write("train", p.step, epoch, {"loss": window, "lr": lr, "images_per_sec": rate})
 
     def end_epoch(self, epoch: int) -> None:
         """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line."""
@@ -259,7 +271,7 @@ class Trainer:
             p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
         else:
             p.bad_epochs += 1
-        p.loss_sum, p.loss_count = 0.0, 0
+        p.loss_sum, p.loss_count, p.window_sum, p.window_count = 0.0, 0, 0.0, 0
         # Reported before saving: a Ctrl-C held during a save is delivered when it ends, and a
         # run resumed from the saved step would never write this epoch's records.
         self.reporter.write("val", p.step, epoch, summary(val))
@@ -275,14 +287,16 @@ class Trainer:
         patience = int(self.config.early_stopping_patience)
         return bool(patience) and self.progress.bad_epochs >= patience
 
-    def fit(self) -> None:
+    def fit(self, notice: preemption.StopNotice) -> None:
         spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
         if self.progress.awaiting_validation is not None:  # resumed after training an epoch
             self.end_epoch(self.progress.step // spe - 1)
-        while self.progress.step < spe * num_epochs and not self.stopped_early():
+        while not notice.received and self.progress.step < spe * num_epochs and not self.stopped_early():
             epoch = self.progress.step // spe
-            self.train_epoch(epoch)
+            self.train_epoch(epoch, notice)
             self.end_epoch(epoch)
+        if notice.received:  # during a validation, which end_epoch has saved
+            raise preemption.Preempted(self.progress.step)
         if self.stopped_early() and self.is_main:
             print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
 
@@ -349,7 +363,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if jax.process_index() == 0:
             checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
             checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
-        trainer.fit()
+        with preemption.StopNotice() as notice:
+            trainer.fit(notice)
         return trainer.test()
     finally:
         trainer.close()

@@ -1,0 +1,109 @@
+"""A SIGTERM (a scheduler's preemption notice) saves the run and stops it; resuming loses nothing.
+
+train.py's exit status and a SIGTERM to one of two processes are tested in test_train.py.
+"""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from medmamba_jax.training import preemption, train
+from test_train import _assert_records_and_results_match, _latest_steps, _records, _weights
+
+
+class StopAfter(preemption.StopNotice):
+    """A notice that arrives as micro-step ``step`` ends."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def reached(self, step: int) -> bool:
+        self._received = self._received or step == self.step
+        return self._received
+
+
+@pytest.fixture
+def config(tiny_config):
+    """Two 6-step epochs logged every 4 steps, so stops fall inside logging windows."""
+    tiny_config.num_epochs, tiny_config.log_every_steps, tiny_config.lr_milestones = 2, 4, (1,)
+    return tiny_config
+
+
+def _stopped(config, workdir, notice, monkeypatch) -> int:
+    monkeypatch.setattr(preemption, "StopNotice", lambda: notice)
+    with pytest.raises(preemption.Preempted) as stopped:
+        train.train_and_evaluate(config, workdir)
+    monkeypatch.undo()
+    assert _latest_steps(workdir)[-1] == stopped.value.step, "the step it stopped after is not saved"
+    return stopped.value.step
+
+
+def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config, tmp_path, monkeypatch):
+    reference = str(tmp_path / "reference")
+    train.train_and_evaluate(config, reference)
+    workdir = str(tmp_path / "stopped")
+    assert _stopped(config, workdir, StopAfter(3), monkeypatch) == 3  # within the window of steps 1-4
+    assert _stopped(config, workdir, StopAfter(6), monkeypatch) == 6  # the epoch's last step, not validated
+    assert not [r for r in _records(workdir) if r["split"] == "val"]
+
+    evaluate = train.evaluate
+
+    def sigterm_in_validation(run, model_def, model_state, split):
+        if split == "val":  # a real signal, to the handler StopNotice installs
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM would kill pytest"
+            signal.raise_signal(signal.SIGTERM)
+        return evaluate(run, model_def, model_state, split)
+
+    monkeypatch.setattr(train, "evaluate", sigterm_in_validation)
+    with pytest.raises(preemption.Preempted, match="stopped by SIGTERM after step 6, which is saved"):
+        train.train_and_evaluate(config, workdir)  # validates epoch 1, saves, and stops before epoch 2
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler outlived the run"
+    assert [r["step"] for r in _records(workdir) if r["split"] == "val"] == [6]
+
+    trained = []
+    train_epoch = train.Trainer.train_epoch
+    monkeypatch.setattr(train.Trainer, "train_epoch",
+                        lambda self, epoch, notice: trained.append(epoch) or train_epoch(self, epoch, notice))
+    train.train_and_evaluate(config, workdir)
+    assert trained == [1]
+    _assert_records_and_results_match(workdir, reference)
+    for ours, theirs in zip(_weights(workdir), _weights(reference), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_handler_is_installed_only_in_the_main_thread_and_put_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.StopNotice():
+        assert signal.getsignal(signal.SIGTERM) is not before
+        inside = []
+        thread = threading.Thread(target=lambda: inside.append(preemption.StopNotice().__enter__()._installed))
+        thread.start()
+        thread.join()
+        assert inside == [False]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_ignored_sigterm_stays_ignored():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with preemption.StopNotice() as notice:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not notice.reached(1)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_sets_the_notice_and_prints_one_line(capsys):
+    with preemption.StopNotice() as notice:
+        assert not notice.reached(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert notice.reached(2) and notice.received
+    assert capsys.readouterr().err.count("SIGTERM: saving after the current step") == 1
