@@ -7,11 +7,17 @@ and contrast (medmamba_jax.analysis.perturb) on the stored images, then the usua
 transform, and the MedMNIST-C corruptions for the dataset when the optional medmnistc
 package is installed. Writes robustness.json (metrics per perturbation and severity) and
 one line plot per metric, robustness_METRIC.png.
+
+On a CPU this can take hours, so each finished perturbation is kept in
+robustness.partial.json: run the same command again after a crash or Ctrl-C and only the
+rest is scored. Kept results are reused only for the same checkpoint and the same images.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -66,9 +72,62 @@ def sweep(name: str, apply: Callable[[np.ndarray, int, int], np.ndarray], images
     return rows
 
 
+PARTIAL_FILE = "robustness.partial.json"
+
+
+class KeptSweeps:
+    """Finished sweeps saved as they end (in ``PARTIAL_FILE``), and those an interrupted run of
+    the same checkpoint on the same images saved there."""
+
+    def __init__(self, out: str, loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray):
+        import jax
+        from flax import nnx
+
+        from medmamba_jax.training.checkpointing import write_json
+
+        self._write, self.path = write_json, os.path.join(out, PARTIAL_FILE)
+        weights = jax.tree.leaves(nnx.state(loaded.model, nnx.Param, nnx.BatchStat))
+        self.identity = {"weights": _digest(weights), "images": _digest([images, labels]),
+                         "image_size": loaded.image_size}
+        self.table: dict[str, Any] = {}
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):  # none, or one cut short
+            return
+        if isinstance(saved, dict) and saved.get("identity") == self.identity:
+            self.table = saved.get("table", {})
+
+    def get(self, group: str, name: str, described: dict | None = None) -> Any:
+        """The kept entry, if it was made with the settings in ``described`` (a perturbation's
+        parameters, which a newer version may have changed)."""
+        entry = self.table.get(group, {}).get(name)
+        if entry is None or any(entry.get(key) != value for key, value in (described or {}).items()):
+            return None
+        return entry
+
+    def put(self, group: str, name: str, value: Any) -> Any:
+        self.table.setdefault(group, {})[name] = value
+        self._write(self.path, {"identity": self.identity, "table": self.table})
+        return value
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _digest(arrays: list) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in map(np.asarray, arrays):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
 def run_all(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray, batch_size: int,
-            use_medmnistc: bool) -> dict[str, Any]:
-    """The robustness table: clean metrics, then every applicable perturbation's severities."""
+            use_medmnistc: bool, kept: KeptSweeps) -> dict[str, Any]:
+    """The robustness table: clean metrics, then every applicable perturbation's severities,
+    each taken from ``kept`` if it holds it, else scored and put there."""
     from medmamba_jax.analysis import perturb
 
     score = Scorer(loaded, labels, batch_size)
@@ -82,15 +141,18 @@ def run_all(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray, batch_si
             skipped["medmnistc"] = found
         else:
             extra = found
-    clean = score(images)
+    planned = [("perturbations", p.name, p, {"unit": p.unit, "params": list(p.params)}) for p in own]
+    planned += [("medmnistc", name, apply, {}) for name, apply in extra.items()]
+    done = sum(kept.get(group, name, described) is not None for group, name, _, described in planned)
+    if done:
+        print(f"resuming: {done} of {len(planned)} perturbations kept in {kept.path}", file=sys.stderr)
+    clean = kept.get("clean", "metrics") or kept.put("clean", "metrics", score(images))
     table: dict[str, Any] = {"clean": clean, "perturbations": {}, "medmnistc": {}, "skipped": skipped,
                              "num_images": int(len(images))}
-    with tqdm(total=5 * (len(own) + len(extra)), desc="robustness", unit="eval", file=sys.stderr) as bar:
-        for p in own:
-            table["perturbations"][p.name] = {"unit": p.unit, "params": list(p.params),
-                                              "results": sweep(p.name, p, images, score, clean, bar)}
-        for name, apply in extra.items():
-            table["medmnistc"][name] = {"results": sweep(name, apply, images, score, clean, bar)}
+    with tqdm(total=5 * len(planned), initial=5 * done, desc="robustness", unit="eval", file=sys.stderr) as bar:
+        for group, name, apply, described in planned:
+            table[group][name] = kept.get(group, name, described) or kept.put(
+                group, name, {**described, "results": sweep(name, apply, images, score, clean, bar)})
     return table
 
 
@@ -124,10 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     images = np.asarray(images)
-    table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc)
-    table.update(split=args.split, dataset=loaded.config.dataset)
     out = cli.output_dir(args.out)
+    kept = KeptSweeps(out, loaded, images, labels)
+    try:
+        table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc, kept)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished perturbations are kept in {kept.path}; run the same command to go on",
+              file=sys.stderr)
+        return cli.INTERRUPTED
+    table.update(split=args.split, dataset=loaded.config.dataset)
     write_json(os.path.join(out, "robustness.json"), table)
+    kept.remove()
     paths = write_plots(table, out, f"{loaded.config.dataset} {args.split}")
     print(format_table(table))
     for name, reason in table["skipped"].items():

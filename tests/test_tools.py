@@ -175,11 +175,25 @@ def test_explain_tsne(tools_workdir, tmp_path):
 def test_robustness(tools_workdir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "medmnistc", None)  # as if not installed
     out = str(tmp_path / "robust")
+    sweep, swept = robustness.sweep, []
+
+    def sweep_then_ctrl_c(*args):
+        if swept:
+            raise KeyboardInterrupt
+        swept.append(sweep(*args))
+        return swept[-1]
+
+    monkeypatch.setattr(robustness, "sweep", sweep_then_ctrl_c)
+    assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 130
+    assert "interrupted: finished perturbations are kept in" in capsys.readouterr().err
+    monkeypatch.setattr(robustness, "sweep", sweep)
     assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 0
     captured = capsys.readouterr()
+    assert "resuming: 1 of 6 perturbations kept" in captured.err
     notices = [line for line in (captured.out + captured.err).splitlines() if "not installed" in line]
     assert len(notices) == 1, notices  # said once, in the closing summary
     table = json.load(open(os.path.join(out, "robustness.json")))
+    assert not os.path.exists(os.path.join(out, robustness.PARTIAL_FILE))  # finished: nothing left to resume
     assert set(table["perturbations"]) == {"rotation", "translation", "colour_temperature", "gaussian_noise",
                                            "blur", "contrast"}
     for entry in table["perturbations"].values():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import shutil
 import sys
 import types
 
@@ -184,6 +187,68 @@ def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch)
     first, second = noise(images[:8], 5, first=0), noise(images[8:16], 5, first=8)
     assert not np.array_equal(first.astype(int) - images[:8], second.astype(int) - images[8:16])
     np.testing.assert_array_equal(noise(images[:8], 5, first=0), first)
+
+
+def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images(tmp_path, monkeypatch, capsys):
+    from flax import nnx
+
+    from medmamba_jax import robustness
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(12) % 3
+
+    def scores(batch, batch_size):  # a stand-in model, as above
+        means = batch.reshape(len(batch), -1, 3).mean(axis=1)
+        return means / means.sum(axis=1, keepdims=True)
+
+    loaded = types.SimpleNamespace(scores=scores, task="multi-class", image_size=16,
+                                   model=nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+    def table(out, model=loaded, data=images):
+        os.makedirs(out, exist_ok=True)
+        return robustness.run_all(model, data, labels, 4, False, robustness.KeptSweeps(out, model, data, labels))
+
+    uninterrupted = table(str(tmp_path / "whole"))
+    sweep, scored = robustness.sweep, []
+
+    def sweep_until_ctrl_c(name, *args):
+        if len(scored) == 2 and interrupt:
+            raise KeyboardInterrupt
+        scored.append(name)
+        return sweep(name, *args)
+
+    monkeypatch.setattr(robustness, "sweep", sweep_until_ctrl_c)
+    out, interrupt = str(tmp_path / "cut"), True
+    with pytest.raises(KeyboardInterrupt):
+        table(out)
+    scored.clear()
+    interrupt = False
+    assert table(out) == uninterrupted
+    assert scored == ["colour_temperature", "gaussian_noise", "blur", "contrast"]
+    assert "resuming: 2 of 6 perturbations kept in" in capsys.readouterr().err
+    other_weights = types.SimpleNamespace(**{**vars(loaded), "model": nnx.Linear(2, 2, rngs=nnx.Rngs(1))})
+    for i, other in enumerate(({"model": other_weights}, {"data": images[::-1].copy()})):
+        scored.clear()
+        table(shutil.copytree(out, str(tmp_path / f"other{i}")), **other)
+        assert len(scored) == 6, other  # kept results of other weights or images are not reused
+    partial = os.path.join(out, robustness.PARTIAL_FILE)
+    with open(partial) as f:
+        saved = json.load(f)
+    saved["table"]["perturbations"]["rotation"]["params"][-1] += 1  # as kept by a version that rotated further
+    with open(partial, "w") as f:
+        json.dump(saved, f)
+    scored.clear()
+    assert table(out) == uninterrupted and scored == ["rotation"]
+
+
+def test_a_ctrl_c_in_a_tool_is_one_line_and_status_130(capsys):
+    from medmamba_jax.analysis import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, []) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
 
 
 def test_medmnistc_absent_or_present(monkeypatch):

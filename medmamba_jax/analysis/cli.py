@@ -66,14 +66,21 @@ class Loaded:
                               progress=progress)
 
 
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (SIGINT)
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Runs ``main(argv)``; an expected error prints ``error: ...`` and gives exit status 1."""
+    """Runs ``main(argv)``; an expected error prints ``error: ...`` and gives exit status 1,
+    a Ctrl-C one line and status 130."""
     try:
         return main(argv)
     except (ToolError, *expected_errors()) as err:
         # Whole: a CheckpointError lists every bad key on the lines after its first.
         print(f"error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def parser_for(module: str, doc: str) -> argparse.ArgumentParser:
