@@ -28,8 +28,9 @@ class StopAfter(preemption.StopNotice):
 
 @pytest.fixture
 def config(tiny_config):
-    """Two 6-step epochs logged every 4 steps, so stops fall inside logging windows."""
-    tiny_config.num_epochs, tiny_config.log_every_steps, tiny_config.lr_milestones = 2, 4, (1,)
+    """Two 6-step epochs logged every 3 steps and saved every 4, so saves split logging windows."""
+    tiny_config.num_epochs, tiny_config.lr_milestones = 2, (1,)
+    tiny_config.log_every_steps, tiny_config.checkpoint_every_steps = 3, 4
     return tiny_config
 
 
@@ -45,8 +46,12 @@ def _stopped(config, workdir, notice, monkeypatch) -> int:
 def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config, tmp_path, monkeypatch):
     reference = str(tmp_path / "reference")
     train.train_and_evaluate(config, reference)
+    windows, epochs = ([r for r in _records(reference) if r["split"] == split] for split in ("train", "epoch"))
+    for epoch in epochs:  # each epoch's two windows are whole, though the saves at steps 4 and 8 split them
+        halves = [w["loss"] for w in windows if w["epoch"] == epoch["epoch"]]
+        assert len(halves) == 2 and sum(halves) / 2 == pytest.approx(epoch["loss"], rel=1e-6)
     workdir = str(tmp_path / "stopped")
-    assert _stopped(config, workdir, StopAfter(3), monkeypatch) == 3  # within the window of steps 1-4
+    assert _stopped(config, workdir, StopAfter(5), monkeypatch) == 5  # within the window of steps 4-6
     assert _stopped(config, workdir, StopAfter(6), monkeypatch) == 6  # the epoch's last step, not validated
     assert not [r for r in _records(workdir) if r["split"] == "val"]
 
@@ -106,4 +111,4 @@ def test_sigterm_sets_the_notice_and_prints_one_line(capsys):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         assert notice.reached(2) and notice.received
-    assert capsys.readouterr().err.count("SIGTERM: saving after the current step") == 1
+    assert capsys.readouterr().err.count("SIGTERM: stopping once the current step (or validation) is saved") == 1

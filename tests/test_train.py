@@ -174,7 +174,8 @@ def _two_processes(workdir, data_dir, *overrides) -> list[subprocess.Popen]:
         train_cmd(workdir, f"--config.data_dir={data_dir}", *overrides, "--config.distributed=True",
                   f"--config.coordinator_address=localhost:{port}", "--config.num_processes=2",
                   f"--config.process_id={i}"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}) for i in range(2)]
 
 
 def _finished(procs) -> list[subprocess.CompletedProcess]:
@@ -183,8 +184,9 @@ def _finished(procs) -> list[subprocess.CompletedProcess]:
 
 
 def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, fake_medmnist_dir, tmp_path):
-    """A SIGTERM to one host stops both after the same step (JAX's preemption sync point); the
-    resumed pair ends with the reference run's losses."""
+    """A SIGTERM to one host stops both after the same step (JAX's preemption sync point), in a
+    fresh run and in a resumed one that gets it before its first step; the pair resumed once
+    more ends with the reference run's losses."""
     workdir = str(tmp_path / "two")
     procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
     metrics, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + 300
@@ -194,6 +196,14 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
     _assert_stopped_by_sigterm(workdir, _finished(procs))
+    first_stop = _latest_steps(workdir)[-1]
+    procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
+    for line in procs[0].stdout:  # restored, and the first step not yet compiled
+        if line.startswith("resuming from step"):
+            break
+    procs[1].send_signal(signal.SIGTERM)
+    _assert_stopped_by_sigterm(workdir, _finished(procs))
+    assert _latest_steps(workdir)[-1] == first_stop + 1
     resumed = _finished(_two_processes(workdir, fake_medmnist_dir, *RUN_ARGS))
     assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-3000:] + resumed[1].stderr[-3000:]
     assert "test accuracy" in resumed[0].stdout and "epoch" not in resumed[1].stdout  # only process 0 reports

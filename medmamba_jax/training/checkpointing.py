@@ -122,8 +122,13 @@ def has_checkpoint(workdir: str, kind: str | None = None) -> bool:
     the processes reach at different points of their start-up."""
     if kind is None:
         return any(has_checkpoint(workdir, k) for k in KINDS)
+    return bool(steps_on_disk(workdir, kind))
+
+
+def steps_on_disk(workdir: str, kind: str) -> list[int]:
+    """The finalised steps of ``kind`` in ``workdir``, by a plain listing as in ``has_checkpoint``."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints", kind)
-    return os.path.isdir(directory) and bool(ocp.utils.checkpoint_steps(directory))
+    return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
 
 
 def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[Any, Any]]):

@@ -33,6 +33,21 @@ class Preempted(Exception):
         self.step = step
 
 
+def announce_start(step: int) -> None:
+    """Tells JAX's preemption service, on each of several processes, the step they resume after.
+
+    The service stops the processes one step after the highest step any of them last passed
+    to ``reached``, counting from 0. A notice that came before a resumed run's first ``reached``
+    would name step 1, which that run never reaches again: call this as soon as the processes
+    have started, before loading data.
+    """
+    if jax.process_count() > 1:
+        try:
+            multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # jax_enable_preemption_service is off
+            pass
+
+
 class StopNotice:
     """A context in which SIGTERM asks the run to stop; ``reached(step)`` says when.
 
@@ -60,7 +75,7 @@ class StopNotice:
 
     def _receive(self, signum: int, frame: types.FrameType | None) -> None:
         if not self._received:
-            print("\nSIGTERM: saving after the current step, then stopping", file=sys.stderr, flush=True)
+            print("\nSIGTERM: stopping once the current step (or validation) is saved", file=sys.stderr, flush=True)
         self._received = True
 
     def reached(self, step: int) -> bool:

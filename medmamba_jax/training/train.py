@@ -348,13 +348,14 @@ def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
     if config.distributed:
         explicit = int(config.num_processes) > 0
         jax.distributed.initialize(config.coordinator_address or None,
                                    int(config.num_processes) if explicit else None,
                                    int(config.process_id) if explicit else None)
+        preemption.announce_start(max(checkpointing.steps_on_disk(workdir, "latest"), default=0))
     run = prepare(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
     check_same_run(config, workdir, run.info)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
