@@ -93,7 +93,7 @@ def interrupts_deferred(doing: str) -> Iterator[None]:
     worker threads printing tracebacks over the one-line "interrupted" message."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Only the main thread can set signal handlers, and only it receives signals; a process
-        # started in the background (``cmd &``, nohup) ignores Ctrl-C, and should go on doing so.
+        # started in the background by a script (``cmd &``) ignores Ctrl-C, and should go on doing so.
         yield
         return
     caught: list[int] = []
