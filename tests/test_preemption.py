@@ -55,25 +55,23 @@ def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config,
     assert _stopped(config, workdir, StopAfter(6), monkeypatch) == 6  # the epoch's last step, not validated
     assert not [r for r in _records(workdir) if r["split"] == "val"]
 
-    evaluate = train.evaluate
+    evaluate, train_epoch, signals, trained = train.evaluate, train.Trainer.train_epoch, iter([1, 0, 1]), []
 
-    def sigterm_in_validation(run, model_def, model_state, split):
-        if split == "val":  # a real signal, to the handler StopNotice installs
+    def sigterm_in_some_validations(run, model_def, model_state, split):
+        if split == "val" and next(signals, 0):  # a real signal, to the handler StopNotice installs
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM would kill pytest"
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # ends the validation at once
         return evaluate(run, model_def, model_state, split)
 
-    monkeypatch.setattr(train, "evaluate", sigterm_in_validation)
-    with pytest.raises(preemption.Preempted, match="stopped by SIGTERM after step 6, which is saved"):
-        train.train_and_evaluate(config, workdir)  # validates epoch 1, saves, and stops before epoch 2
-    monkeypatch.undo()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler outlived the run"
-    assert [r["step"] for r in _records(workdir) if r["split"] == "val"] == [6]
-
-    trained = []
-    train_epoch = train.Trainer.train_epoch
+    monkeypatch.setattr(train, "evaluate", sigterm_in_some_validations)
     monkeypatch.setattr(train.Trainer, "train_epoch",
                         lambda self, epoch, notice: trained.append(epoch) or train_epoch(self, epoch, notice))
+    for step, validated in ((6, []), (12, [6])):  # epoch 1's validation; epoch 2's, never saved before it
+        with pytest.raises(preemption.Preempted, match=f"stopped by SIGTERM after step {step}, which is saved"):
+            train.train_and_evaluate(config, workdir)
+        assert [r["step"] for r in _records(workdir) if r["split"] == "val"] == validated
+        assert _latest_steps(workdir)[-1] == step
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler outlived the run"
     train.train_and_evaluate(config, workdir)
     assert trained == [1]
     _assert_records_and_results_match(workdir, reference)
@@ -91,6 +89,19 @@ def test_the_handler_is_installed_only_in_the_main_thread_and_put_back():
         thread.join()
         assert inside == [False]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_notice_ends_an_interruptible_block_at_once_and_only_there():
+    with preemption.StopNotice() as notice:
+        with notice.interruptible():
+            pass
+        with pytest.raises(preemption.StopNow), notice.interruptible():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("the block went on after the notice")
+        assert notice.received
+        os.kill(os.getpid(), signal.SIGTERM)  # outside a block: noted only
+        with pytest.raises(preemption.StopNow), notice.interruptible():  # one noted before it does not start
+            raise AssertionError("the block started after a notice")
 
 
 def test_an_ignored_sigterm_stays_ignored():
@@ -111,4 +122,4 @@ def test_sigterm_sets_the_notice_and_prints_one_line(capsys):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         assert notice.reached(2) and notice.received
-    assert capsys.readouterr().err.count("SIGTERM: stopping once the current step (or validation) is saved") == 1
+    assert capsys.readouterr().err.count("SIGTERM: saving and stopping") == 1

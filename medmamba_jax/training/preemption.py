@@ -13,10 +13,12 @@ stop at, whichever of them got the notice.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 import types
+from typing import Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -31,6 +33,10 @@ class Preempted(Exception):
     def __init__(self, step: int):
         super().__init__(f"stopped by SIGTERM after step {step}, which is saved: run the same command to resume")
         self.step = step
+
+
+class StopNow(Exception):
+    """A notice to a single process, raised inside ``StopNotice.interruptible``."""
 
 
 def announce_start(step: int) -> None:
@@ -59,6 +65,7 @@ class StopNotice:
         self._received = False
         self._installed = False
         self._previous = None
+        self._interruptible = False
 
     def __enter__(self) -> StopNotice:
         # Only the main thread can set a handler; JAX's service already holds SIGTERM when shared;
@@ -75,8 +82,23 @@ class StopNotice:
 
     def _receive(self, signum: int, frame: types.FrameType | None) -> None:
         if not self._received:
-            print("\nSIGTERM: stopping once the current step (or validation) is saved", file=sys.stderr, flush=True)
+            print("\nSIGTERM: saving and stopping", file=sys.stderr, flush=True)
         self._received = True
+        if self._interruptible:
+            raise StopNow
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block that a resumed run redoes (a validation): a single process's notice ends it at
+        once with ``StopNow``, so that a scheduler's grace period need not cover it. The
+        processes of a shared run learn of a notice only together, at a step: they finish it."""
+        if self._received and not self._shared:
+            raise StopNow
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def reached(self, step: int) -> bool:
         """Whether to save and stop now, ``step`` micro-steps being done."""

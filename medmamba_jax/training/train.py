@@ -261,9 +261,16 @@ class Trainer:
         bar.show(window, lr, rate)
         self.reporter.write("train", p.step, epoch, {"loss": window, "lr": lr, "images_per_sec": rate})
 
-    def end_epoch(self, epoch: int) -> None:
-        """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line."""
-        val = evaluate(self.run, self.model_def, self.model_state, "val")
+    def end_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
+        """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line.
+        A notice during the validation saves the epoch as awaiting it, and raises ``Preempted``."""
+        try:
+            with notice.interruptible():
+                val = evaluate(self.run, self.model_def, self.model_state, "val")
+        except preemption.StopNow:
+            if self.progress.step not in self.managers["latest"].all_steps():  # saved before validating
+                self._save_latest(epoch)
+            raise preemption.Preempted(self.progress.step) from None
         value, p = val[self.config.best_metric], self.progress
         train, p.awaiting_validation, self.validated_here = p.awaiting_validation, None, True
         improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
@@ -290,12 +297,12 @@ class Trainer:
     def fit(self, notice: preemption.StopNotice) -> None:
         spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
         if self.progress.awaiting_validation is not None:  # resumed after training an epoch
-            self.end_epoch(self.progress.step // spe - 1)
+            self.end_epoch(self.progress.step // spe - 1, notice)
         while not notice.received and self.progress.step < spe * num_epochs and not self.stopped_early():
             epoch = self.progress.step // spe
             self.train_epoch(epoch, notice)
-            self.end_epoch(epoch)
-        if notice.received:  # during a validation, which end_epoch has saved
+            self.end_epoch(epoch, notice)
+        if notice.received:  # as a validation ended, whose result end_epoch has saved
             raise preemption.Preempted(self.progress.step)
         if self.stopped_early() and self.is_main:
             print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
