@@ -57,11 +57,11 @@ def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config,
 
     evaluate, train_epoch, signals, trained = train.evaluate, train.Trainer.train_epoch, iter([1, 0, 1]), []
 
-    def sigterm_in_some_validations(run, model_def, model_state, split):
+    def sigterm_in_some_validations(run, model_def, model_state, split, **kwargs):
         if split == "val" and next(signals, 0):  # a real signal, to the handler StopNotice installs
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM would kill pytest"
-            signal.raise_signal(signal.SIGTERM)  # ends the validation at once
-        return evaluate(run, model_def, model_state, split)
+            signal.raise_signal(signal.SIGTERM)  # the validation stops before its first batch
+        return evaluate(run, model_def, model_state, split, **kwargs)
 
     monkeypatch.setattr(train, "evaluate", sigterm_in_some_validations)
     monkeypatch.setattr(train.Trainer, "train_epoch",
@@ -91,17 +91,28 @@ def test_the_handler_is_installed_only_in_the_main_thread_and_put_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_notice_ends_an_interruptible_block_at_once_and_only_there():
+def test_a_notice_stops_a_validation_between_its_batches(tiny_config):
+    from flax import nnx
+
+    from medmamba_jax.evaluation import predict_scores
+    from medmamba_jax.training import model_init
+
+    model, batches = model_init.build(tiny_config, 9), []
+    model.eval()
+    images = np.zeros((12, 32, 32, 3), np.float32)
     with preemption.StopNotice() as notice:
-        with notice.interruptible():
-            pass
-        with pytest.raises(preemption.StopNow), notice.interruptible():
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise AssertionError("the block went on after the notice")
-        assert notice.received
-        os.kill(os.getpid(), signal.SIGTERM)  # outside a block: noted only
-        with pytest.raises(preemption.StopNow), notice.interruptible():  # one noted before it does not start
-            raise AssertionError("the block started after a notice")
+        notice.check()  # no notice yet
+
+        def third_batch_gets_a_notice():
+            batches.append(len(batches))
+            if len(batches) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                notice.check()
+
+        with pytest.raises(preemption.StopNow):
+            predict_scores(model, images, 4, between_batches=third_batch_gets_a_notice)
+        assert batches == [0, 1, 2] and notice.received
+    assert isinstance(model, nnx.Module) and predict_scores(model, images, 4).shape == (12, 9)
 
 
 def test_an_ignored_sigterm_stays_ignored():

@@ -183,10 +183,12 @@ def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch)
     monkeypatch.setattr(robustness, "CHUNK_BYTES", 10 * images[0].nbytes)  # chunks of 8 images (2 batches)
     seen.clear()
     assert score(images, 3, rotation) == whole and seen == [8, 8, 8, 8, 8]
-    # Noise is drawn per chunk, seeded by the chunk's first image: no chunk repeats another's.
+    # Noise is seeded per image by its index in the split: no chunk repeats another's, and
+    # how the split is cut (which follows --batch-size) changes nothing.
     first, second = noise(images[:8], 5, first=0), noise(images[8:16], 5, first=8)
     assert not np.array_equal(first.astype(int) - images[:8], second.astype(int) - images[8:16])
-    np.testing.assert_array_equal(noise(images[:8], 5, first=0), first)
+    np.testing.assert_array_equal(noise(images[:16], 5, first=0), np.concatenate([first, second]))
+    assert score(images, 5, noise) == robustness.Scorer(loaded, labels, batch_size=12)(images, 5, noise)  # chunks of 12
 
 
 def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images(tmp_path, monkeypatch, capsys):

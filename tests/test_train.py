@@ -344,7 +344,7 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
     _, config = reference_copy
     evaluate, train_epoch = train.evaluate, train.Trainer.train_epoch
 
-    def out_of_memory(run, model_def, model_state, split):
+    def out_of_memory(run, model_def, model_state, split, **kwargs):
         raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
 
     monkeypatch.setattr(train, "evaluate", out_of_memory)

@@ -49,7 +49,7 @@ def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, 
         self.progress.awaiting_validation = {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
 
     monkeypatch.setattr(train.Trainer, "train_epoch", fake_train_epoch)
-    monkeypatch.setattr(train, "evaluate", lambda *args: {**metrics, "auc": next(aucs)})
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {**metrics, "auc": next(aucs)})
     trainer = train.Trainer(train.prepare(tiny_config), str(tmp_path))
     try:
         trainer.fit(preemption.StopNotice())
@@ -267,3 +267,11 @@ def test_resuming_with_other_dataset_classes_is_refused(tools_workdir):
     resized = {**info, "split_sizes": {**info["split_sizes"], "train": info["split_sizes"]["train"] * 2}}
     with pytest.raises(ConfigError, match=r"the dataset's split sizes changed .*'train': 32.* -> .*'train': 64"):
         train.check_same_run(config, tools_workdir, resized)
+
+
+def test_a_failed_json_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path):
+    path = str(tmp_path / "results.json")
+    checkpointing.write_json(path, {"auc": 0.5})
+    with pytest.raises(TypeError):
+        checkpointing.write_json(path, {"auc": object()})  # as a Ctrl-C midway would stop it
+    assert os.listdir(tmp_path) == ["results.json"] and json.load(open(path)) == {"auc": 0.5}

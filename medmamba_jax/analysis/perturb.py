@@ -40,9 +40,12 @@ def colour_temperature(images: np.ndarray, amount: float) -> np.ndarray:
 
 
 def gaussian_noise(images: np.ndarray, sigma: float, first: int = 0) -> np.ndarray:
-    """Additive N(0, (255 sigma)^2) noise, drawn in float32 from a generator seeded by ``first``
-    (the index of images[0] in its split), so each chunk of a split gets its own draw."""
-    noise = np.random.default_rng((0, first)).standard_normal(images.shape, dtype=np.float32)
+    """Additive N(0, (255 sigma)^2) noise, drawn in float32 for each image from a generator seeded
+    by its index in the split (``first`` is images[0]'s), so the noise does not depend on how
+    the split is cut into chunks."""
+    noise = np.empty(images.shape, np.float32)
+    for i in range(len(images)):
+        noise[i] = np.random.default_rng((0, first + i)).standard_normal(images.shape[1:], dtype=np.float32)
     return _to_uint8(images.astype(np.float32) + np.float32(255.0 * sigma) * noise)
 
 

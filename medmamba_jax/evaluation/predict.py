@@ -35,6 +35,7 @@ def batched_apply(
     transform: Callable[[jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: str | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """``fn(model, x)`` over ``images`` (N, H, W, C) in fixed-size batches sharded over the
     devices; returns the per-image outputs (N, ...) concatenated on the host.
@@ -44,6 +45,7 @@ def batched_apply(
     the device. Every batch is padded to ``batch_size`` (rounded up to a multiple of the
     device count), so one compilation serves all of ``images``. ``progress``, if given,
     labels a progress bar on stderr over the batches (shown when there is more than one).
+    ``between_batches``, if given, is called before each batch (it may raise to stop).
     """
     mesh = mesh or sharding.make_mesh()
     n_devices = mesh.devices.size
@@ -54,6 +56,8 @@ def batched_apply(
     bar = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, leave=False,
                disable=progress is None or len(starts) < 2)
     for start in bar:
+        if between_batches is not None:
+            between_batches()
         batch = np.asarray(images[start : start + batch_size])
         count = len(batch)
         if count < batch_size:  # pad with copies of the first image; dropped below
@@ -72,6 +76,7 @@ def predict_scores(
     transform: Callable[[jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: str | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, num_classes) float32 of ``images`` (N, H, W, C).
 
@@ -82,7 +87,8 @@ def predict_scores(
     ``model.eval()`` first for inference. Batching as in :func:`batched_apply`.
     """
     scores = _sigmoid_scores if multi_label else _softmax_scores
-    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh, progress=progress)
+    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh, progress=progress,
+                         between_batches=between_batches)
 
 
 def _gather(x: jax.Array) -> jax.Array:

@@ -56,10 +56,14 @@ class NoCheckpointError(FileNotFoundError):
 def write_json(path: str, value: Any) -> None:
     """Writes ``value`` as JSON atomically: readers see the old file or the complete new one."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:  # a Ctrl-C or an unserialisable value leaves no stray temporary file
+        os.unlink(tmp)
+        raise
 
 
 def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:

@@ -13,12 +13,10 @@ stop at, whichever of them got the notice.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
 import types
-from typing import Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -36,7 +34,7 @@ class Preempted(Exception):
 
 
 class StopNow(Exception):
-    """A notice to a single process, raised inside ``StopNotice.interruptible``."""
+    """A notice to a single process, raised by ``StopNotice.check``."""
 
 
 def announce_start(step: int) -> None:
@@ -65,7 +63,6 @@ class StopNotice:
         self._received = False
         self._installed = False
         self._previous = None
-        self._interruptible = False
 
     def __enter__(self) -> StopNotice:
         # Only the main thread can set a handler; JAX's service already holds SIGTERM when shared;
@@ -84,21 +81,14 @@ class StopNotice:
         if not self._received:
             print("\nSIGTERM: saving and stopping", file=sys.stderr, flush=True)
         self._received = True
-        if self._interruptible:
-            raise StopNow
 
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        """A block that a resumed run redoes (a validation): a single process's notice ends it at
-        once with ``StopNow``, so that a scheduler's grace period need not cover it. The
-        processes of a shared run learn of a notice only together, at a step: they finish it."""
+    def check(self) -> None:
+        """Raises ``StopNow`` if a single process got a notice: called between the parts of work
+        that a resumed run redoes (a validation's batches), so that a scheduler's grace period
+        need not cover the rest of it. The processes of a shared run learn of a notice only
+        together, at a step: they finish such work."""
         if self._received and not self._shared:
             raise StopNow
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
 
     def reached(self, step: int) -> bool:
         """Whether to save and stop now, ``step`` micro-steps being done."""

@@ -97,8 +97,9 @@ def prepare(config) -> Run:
     return Run(config, info, splits, stream, mesh, model, optimizer, schedule)
 
 
-def evaluate(run: Run, model_def, model_state, split: str) -> dict[str, Any]:
-    """compute_metrics of the model on a whole split, with the eval-time transform."""
+def evaluate(run: Run, model_def, model_state, split: str, between_batches=None) -> dict[str, Any]:
+    """compute_metrics of the model on a whole split, with the eval-time transform;
+    ``between_batches`` as in ``predict_scores``."""
     model = nnx.merge(model_def, model_state)
     model.eval()
     images, labels = run.splits[split]
@@ -106,6 +107,7 @@ def evaluate(run: Run, model_def, model_state, split: str) -> dict[str, Any]:
     scores = predict_scores(
         model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
         transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
+        between_batches=between_batches,
     )
     return compute_metrics(labels, scores, run.info["task"])
 
@@ -265,8 +267,7 @@ class Trainer:
         """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line.
         A notice during the validation saves the epoch as awaiting it, and raises ``Preempted``."""
         try:
-            with notice.interruptible():
-                val = evaluate(self.run, self.model_def, self.model_state, "val")
+            val = evaluate(self.run, self.model_def, self.model_state, "val", between_batches=notice.check)
         except preemption.StopNow:
             if self.progress.step not in self.managers["latest"].all_steps():  # saved before validating
                 self._save_latest(epoch)
