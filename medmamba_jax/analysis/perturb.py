@@ -75,7 +75,7 @@ class Perturbation:
 
     def __call__(self, images: np.ndarray, severity: int, first: int = 0) -> np.ndarray:
         """``images`` at ``severity``; ``first`` is the index of images[0] in its split, so that
-        a split perturbed chunk by chunk draws different noise for each chunk."""
+        a random perturbation draws each image's noise the same however the split is chunked."""
         if severity == 0:
             return images
         if self.random:
