@@ -38,7 +38,7 @@ def test_missing_file_names_file_url_and_command(tiny_config, tmp_path):
         data.load_split(tiny_config, "train")
     message = str(err.value)
     assert "pathmnist.npz" in message and "https://zenodo.org" in message
-    assert "python -m medmnist download" in message and "\n" not in message
+    assert "--config.download=True" in message and "\n" not in message
 
 
 def test_label_outside_class_list(tmp_path):

@@ -82,7 +82,8 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("lr_milestones", (75, 50), "lr_milestones must be increasing"),
     ("lr_milestones", (0,), r"lr_milestones must be increasing whole epochs >= 1"),
     ("lr_milestones", (1.7,), r"lr_milestones must be increasing whole epochs >= 1"),
-    ("grad_accum_steps", 0, r"grad_accum_steps must be >= 1, got 0"),
+    ("grad_accum_steps", -1, r"grad_accum_steps must be >= 0 \(0 = automatic\), got -1"),
+    ("device_memory_gb", -1.0, r"device_memory_gb must be >= 0 \(0 = ask the device\), got -1.0"),
     ("seed", -1, r"seed must be >= 0"),
     ("learning_rate", -1e-3, r"learning_rate and lr_gamma must be > 0 and weight_decay >= 0"),
     ("lr_gamma", 0.0, r"learning_rate and lr_gamma must be > 0"),
@@ -150,7 +151,7 @@ def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
     result = run_train(workdir, f"--config.data_dir={tmp_path / 'empty'}")
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "pathmnist.npz" in error[0] and "python -m medmnist download" in error[0]
+    assert len(error) == 1 and "pathmnist.npz" in error[0] and "--config.download=True" in error[0]
     assert "Traceback" not in result.stderr and not workdir.exists()
 
 

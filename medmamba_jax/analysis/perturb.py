@@ -103,7 +103,10 @@ def medmnistc_corruptions(flag: str) -> dict[str, Callable[[np.ndarray, int], np
     try:
         from medmnistc.corruptions.registry import CORRUPTIONS_DS
     except Exception as err:  # noqa: BLE001 - ImportError, or a missing system library beneath it
-        return f"medmnistc is not installed ({type(err).__name__}); pip install medmnistc to add its corruptions"
+        # No install command: medmnistc pins medmnist==3.0.1 and pulls torchvision, which would
+        # change the environment the README builds.
+        return (f"medmnistc is not installed ({type(err).__name__}); it is optional and kept out of "
+                "requirements.txt (it pins medmnist==3.0.1 and needs torchvision), so its corruptions are skipped")
     if flag not in CORRUPTIONS_DS:
         return f"medmnistc has no corruptions for dataset {flag!r}"
     from PIL import Image

@@ -88,12 +88,9 @@ def download(flag: str, size: int, data_dir: str, replace: bool = False) -> str:
 
 def _missing_message(path: str, flag: str, size: int) -> str:
     url, md5 = url_and_md5(flag, size)
-    root = os.path.dirname(path)
-    return (
-        f"MedMNIST file {path} not found. Download it from {url} (MD5 {md5}), or run "
-        f"`python -m medmnist download --size={size} --root={root}`, "
-        f"or pass --config.download=True"
-    )
+    # Not medmnist's own `python -m medmnist download`: it needs torchvision, which the
+    # README's environment leaves out.
+    return f"MedMNIST file {path} not found. Pass --config.download=True, or download it from {url} (MD5 {md5})"
 
 
 def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:

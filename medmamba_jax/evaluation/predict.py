@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 from typing import Callable
 
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
+from medmamba_jax.evaluation.progress import BatchProgress
 from medmamba_jax.training import sharding
 
 
@@ -42,29 +42,40 @@ def batched_apply(
 
     ``fn`` and ``transform`` are static (hashable; a module-level function keeps one
     compilation across calls). ``transform``, if given, maps each raw batch to model input on
-    the device. Every batch is padded to ``batch_size`` (rounded up to a multiple of the
-    device count), so one compilation serves all of ``images``. ``progress``, if given,
-    labels a progress bar on stderr over the batches (shown when there is more than one).
-    ``between_batches``, if given, is called before each batch (it may raise to stop).
+    the device. Every batch is padded to one size, so one compilation serves all of
+    ``images``: ``batch_size``, or for a split smaller than that the power of two that holds
+    it (rounded up to a multiple of the device count), so that a small split is not padded,
+    and its memory paid for, many times over. ``progress``, if given, labels a
+    ``BatchProgress`` on stderr. ``between_batches``, if given, is called before each batch
+    (it may raise to stop).
     """
     mesh = mesh or sharding.make_mesh()
-    n_devices = mesh.devices.size
-    batch_size = -(-batch_size // n_devices) * n_devices
+    batch_size = padded_batch_size(len(images), batch_size, mesh.devices.size)
     nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
     share, out = sharding.local_share(batch_size), []
     starts = range(0, len(images), batch_size)
-    bar = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, leave=False,
-               disable=progress is None or len(starts) < 2)
-    for start in bar:
-        if between_batches is not None:
-            between_batches()
-        batch = np.asarray(images[start : start + batch_size])
-        count = len(batch)
-        if count < batch_size:  # pad with copies of the first image; dropped below
-            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
-        x = sharding.shard_batch(mesh, batch[share])
-        out.append(np.asarray(jax.device_get(_gather(_apply(model, x, transform, fn))))[:count])
+    with contextlib.ExitStack() as stack:
+        shown = None if progress is None else stack.enter_context(BatchProgress(progress, len(starts)))
+        for start in starts:
+            if between_batches is not None:
+                between_batches()
+            batch = np.asarray(images[start : start + batch_size])
+            count = len(batch)
+            if count < batch_size:  # pad with copies of the first image; dropped below
+                batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
+            x = sharding.shard_batch(mesh, batch[share])
+            out.append(np.asarray(jax.device_get(_gather(_apply(model, x, transform, fn))))[:count])
+            if shown is not None:
+                shown.advance()
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def padded_batch_size(n: int, batch_size: int, n_devices: int) -> int:
+    """The batch ``batched_apply`` pads every batch of ``n`` images to: ``batch_size``, or the
+    power of two that holds a smaller split, as a multiple of ``n_devices``."""
+    if 0 < n < batch_size:
+        batch_size = 1 << (n - 1).bit_length()
+    return -(-batch_size // n_devices) * n_devices
 
 
 def predict_scores(

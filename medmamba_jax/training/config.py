@@ -54,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.lr_milestones = (50, 75)  # epochs at which the learning rate is multiplied by lr_gamma
     c.lr_gamma = 0.1
-    c.grad_accum_steps = 1  # micro-batches of batch_size / grad_accum_steps per update
+    c.grad_accum_steps = 0  # micro-batches of batch_size / grad_accum_steps per update; 0 = the fewest that fit
+    c.device_memory_gb = 0.0  # memory per device a train step may use; 0 = what the device reports
     c.seed = 0
 
     # Checkpoints, evaluation and logging.
@@ -82,7 +83,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.model in MODELS, f"model must be one of {MODELS}, got {config.model!r}"),
         (config.scan_impl in SCAN_IMPLS, f"scan_impl must be one of {SCAN_IMPLS}, got {config.scan_impl!r}"),
         (config.best_metric in METRICS, f"best_metric must be one of {METRICS}, got {config.best_metric!r}"),
-        (config.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}"),
+        (config.grad_accum_steps >= 0, f"grad_accum_steps must be >= 0 (0 = automatic), got {config.grad_accum_steps}"),
+        (config.device_memory_gb >= 0, f"device_memory_gb must be >= 0 (0 = ask the device), got {config.device_memory_gb}"),
         (config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps == 0,
          f"batch_size {config.batch_size} is not a multiple of grad_accum_steps {config.grad_accum_steps}"),
         (config.num_epochs >= 1, f"num_epochs must be >= 1, got {config.num_epochs}"),
@@ -115,7 +117,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # its data and devices, and which (numerically equivalent) scan implementation it uses.
 RESUMABLE_KEYS = frozenset({
     "num_epochs", "early_stopping_patience", "checkpoint_every_steps", "log_every_steps", "progress_bar",
-    "prefetch", "eval_batch_size", "data_dir", "download", "scan_impl", "init_from",
+    "prefetch", "eval_batch_size", "data_dir", "download", "scan_impl", "init_from", "device_memory_gb",
     "distributed", "coordinator_address", "num_processes", "process_id",
 })
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class ConfigError(ValueError):
     """A config key is unknown or has an unusable value."""
@@ -9,6 +12,19 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss, a checkpoint for another architecture)."""
+
+
+@contextlib.contextmanager
+def out_of_memory_as(what: str, advice: str) -> Iterator[None]:
+    """Turns XLA's RESOURCE_EXHAUSTED (a device out of memory) into a one-line TrainingError
+    naming ``what`` ran out and ``advice`` on what to lower; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as err:  # XLA raises jax.errors.JaxRuntimeError; this module does not import JAX
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        detail = str(err).splitlines()[0].split("RESOURCE_EXHAUSTED:")[-1].strip()
+        raise TrainingError(f"out of memory {what} ({detail}): {advice}") from None
 
 
 def expected_errors() -> tuple[type[Exception], ...]:

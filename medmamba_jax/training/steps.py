@@ -50,3 +50,23 @@ def make_train_step(model_def, opt_def, transform: Callable, multi_label: bool, 
         out_shardings=(repl, repl, repl),
         donate_argnums=(0, 1),
     )
+
+
+def compile_train_step(model: nnx.Module, optimizer: nnx.Optimizer, stream, transform: Callable,
+                       multi_label: bool, seed: int, mesh) -> jax.stages.Compiled:
+    """``make_train_step`` compiled ahead of time for ``stream``'s micro-batches, so that its
+    memory needs (``memory_analysis()``) are known before the first step runs."""
+    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = nnx.split(optimizer)
+    step_fn = make_train_step(model_def, opt_def, transform, multi_label, seed, mesh)
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+    def spec(x, where, rows=None):
+        return jax.ShapeDtypeStruct((rows, *x.shape[1:]) if rows else x.shape, x.dtype, sharding=where)
+
+    images, labels = stream(0)  # this process's share: the global batch has micro_batch rows
+    return step_fn.lower(
+        jax.tree.map(lambda x: spec(x, repl), model_state), jax.tree.map(lambda x: spec(x, repl), opt_state),
+        spec(images, data, stream.micro_batch), spec(labels, data, stream.micro_batch),
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
+    ).compile()

@@ -12,19 +12,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
 from medmamba_jax.models import MedMambaConfig
-from medmamba_jax.training import checkpointing, model_init, optim, preemption, reporting, sharding, steps
+from medmamba_jax.training import checkpointing, memory, model_init, optim, preemption, reporting, sharding, steps
 from medmamba_jax.training import config as config_lib
-from medmamba_jax.training.errors import ConfigError, TrainingError
+from medmamba_jax.training.errors import ConfigError, TrainingError, out_of_memory_as
 
 
 @dataclasses.dataclass
@@ -57,6 +59,7 @@ class Run:
     model: nnx.Module
     optimizer: nnx.Optimizer
     schedule: Any
+    train_step: Any = None  # the compiled step (jax.stages.Compiled), see steps.compile_train_step
 
     @property
     def steps_per_epoch(self) -> int:  # micro-steps
@@ -68,8 +71,10 @@ def _check_channels(config, channels: int, what: str) -> None:
         raise ConfigError(f"{config.dataset} has {channels}-channel {what}; in_chans={config.in_chans} cannot take them")
 
 
-def prepare(config) -> Run:
-    """Validates the config, loads the data and builds (and maybe initialises) the model."""
+def prepare(config, workdir: str | None = None) -> Run:
+    """Validates the config, loads the data, builds (and maybe initialises) the model, and
+    compiles the train step for a batch that fits the device (``memory``). With a ``workdir``
+    that holds a run, the run's settings are checked against it before anything compiles."""
     config_lib.validate(config)
     info = data_lib.dataset_info(config)
     _check_channels(config, info["n_channels"], "images")  # as published, before any data loads
@@ -78,23 +83,99 @@ def prepare(config) -> Run:
         _check_channels(config, images.shape[-1], f"{split} images in its files")
     # Steps map to epochs (and the schedule's milestones) through the train split's size.
     info["split_sizes"] = {split: len(labels) for split, (_, labels) in splits.items()}
+    if workdir is not None:
+        config = _with_accumulation(config, _saved_accumulation(config, workdir))
+        check_same_run(config, workdir, info)
     mesh = sharding.make_mesh()
-    k = int(config.grad_accum_steps)
-    micro = int(config.batch_size) // k
-    if micro % mesh.devices.size:
-        raise ConfigError(
-            f"batch_size / grad_accum_steps = {micro} must be a multiple of the {mesh.devices.size} devices"
-        )
-    stream = data_lib.TrainStream(
-        *splits["train"], micro, int(config.seed), steps_multiple=k, autoaugment=bool(config.autoaugment),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )
+    if int(config.batch_size) % mesh.devices.size:
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
     model = model_init.build(config, info["num_classes"])
     if config.init_from:
         model_init.initialise_from(model, config.init_from)
-    tx, schedule = optim.make_tx(config, stream.steps_per_epoch // k)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    return Run(config, info, splits, stream, mesh, model, optimizer, schedule)
+    return _plan(config, info, splits, mesh, model)
+
+
+def _saved_accumulation(config, workdir: str) -> int:
+    """An automatic ``grad_accum_steps`` (0) resumes with the count its workdir trained with."""
+    k = int(config.grad_accum_steps)
+    if k == 0 and checkpointing.has_checkpoint(workdir):
+        try:
+            return int(checkpointing.read_config(workdir).grad_accum_steps)
+        except checkpointing.NoCheckpointError:
+            pass  # check_same_run refuses such a workdir
+    return k
+
+
+def _with_accumulation(config, k: int):
+    """A copy of ``config`` with ``grad_accum_steps`` set to ``k``."""
+    if k == int(config.grad_accum_steps):
+        return config
+    resolved = config.copy_and_resolve_references()
+    resolved.grad_accum_steps = k
+    return resolved
+
+
+def _plan(config, info: dict, splits: dict, mesh, model) -> Run:
+    """The Run, with as many micro-batches per update as the config sets, or (0) the fewest
+    whose compiled step fits the device."""
+    images, labels = splits["train"]
+    is_main = jax.process_index() == 0
+
+    def build(k: int) -> Run:
+        micro = int(config.batch_size) // k
+        if micro % mesh.devices.size:
+            raise ConfigError(f"batch_size / grad_accum_steps = {micro} must be a multiple of the "
+                              f"{mesh.devices.size} devices")
+        stream = data_lib.TrainStream(
+            images, labels, micro, int(config.seed), steps_multiple=k, autoaugment=bool(config.autoaugment),
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        resolved = _with_accumulation(config, k)
+        tx, schedule = optim.make_tx(resolved, stream.steps_per_epoch // k)
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        return Run(resolved, info, splits, stream, mesh, model, optimizer, schedule)
+
+    runs: dict[int, Run] = {}
+
+    def compile_step(k: int):
+        runs[k] = run = build(k)
+        micro = run.stream.micro_batch
+        if is_main:
+            print(f"compiling the train step (micro-batch {micro})...", end=" ", flush=True)
+        began = time.perf_counter()
+        run.train_step = steps.compile_train_step(run.model, run.optimizer, run.stream, data_lib.train_transform(config),
+                                                  info["multi_label"], int(config.seed), mesh)
+        if is_main:
+            print(f"done in {time.perf_counter() - began:.0f}s", flush=True)
+        return run.train_step
+
+    budget = memory.device_budget(mesh.devices.flat[0], float(config.device_memory_gb))
+    asked = int(config.grad_accum_steps)
+    if asked:
+        compile_step(asked)
+        need = memory.step_bytes(runs[asked].train_step)
+        if need is not None and need > budget.bytes and is_main:
+            print(f"warning: a micro-batch of {runs[asked].stream.micro_batch} needs {need / memory.GB:.1f} GB and "
+                  f"{budget.source}; expect it to run out of memory (--config.grad_accum_steps=0 picks a count "
+                  "that fits)", file=sys.stderr)
+        return runs[asked]
+    try:
+        plan = memory.fit_batch(int(config.batch_size), mesh.devices.size, compile_step, budget)
+    except MemoryError as err:
+        raise TrainingError(str(err)) from None
+    k = _agreed(plan.grad_accum_steps)
+    if k != plan.grad_accum_steps:  # several hosts train with process 0's choice
+        compile_step(k)
+    elif plan.message and is_main:
+        print(plan.message, flush=True)
+    return runs[k]
+
+
+def _agreed(k: int) -> int:
+    """Process 0's ``k`` on every process: hosts with other free memory must still take the same steps."""
+    if jax.process_count() == 1:
+        return k
+    return int(multihost_utils.broadcast_one_to_all(np.int32(k)))
 
 
 def evaluate(run: Run, model_def, model_state, split: str, between_batches=None) -> dict[str, Any]:
@@ -104,11 +185,12 @@ def evaluate(run: Run, model_def, model_state, split: str, between_batches=None)
     model.eval()
     images, labels = run.splits[split]
     shown = bool(run.config.progress_bar) and jax.process_index() == 0
-    scores = predict_scores(
-        model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
-        transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
-        between_batches=between_batches,
-    )
+    with out_of_memory_as(f"evaluating the {split} split", "lower --config.eval_batch_size (a resume may change it)"):
+        scores = predict_scores(
+            model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
+            transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
+            between_batches=between_batches,
+        )
     return compute_metrics(labels, scores, run.info["task"])
 
 
@@ -139,10 +221,7 @@ class Trainer:
         self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step,
                                            revalidate=self.progress.awaiting_validation is not None,
                                            best_metric=self.config.best_metric)
-        self.train_step = steps.make_train_step(
-            self.model_def, self.opt_def, data_lib.train_transform(self.config), run.info["multi_label"],
-            int(self.config.seed), run.mesh,
-        )
+        self.train_step = run.train_step
 
     def _templates(self, meta: dict):
         """What a latest checkpoint restores into, once its meta shows it is this run's model."""
@@ -222,14 +301,20 @@ class Trainer:
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
                                  bool(config.progress_bar) and self.is_main)
-        began, pending, stop = time.perf_counter(), [], False
+        began, pending, stop, in_flight = time.perf_counter(), [], False, None
         for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
                                                                                int(config.prefetch))):
             self.model_state, self.opt_state, loss = self.train_step(
                 self.model_state, self.opt_state, images, labels, np.int32(step))
+            # JAX dispatches steps ahead of the device. Waiting here for the previous one keeps
+            # one queued behind the running step (the device never idles) and no more, so the
+            # bar counts finished steps and a SIGTERM is answered after the step in flight.
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+                bar.update()
+            in_flight = loss
             pending.append((step, loss))
             self.progress.step = step + 1
-            bar.update()
             if self.progress.step % int(config.log_every_steps) == 0:
                 self._log_window(pending, epoch, bar)
             stop, every = notice.reached(self.progress.step), int(config.checkpoint_every_steps)
@@ -239,6 +324,8 @@ class Trainer:
             if stop:
                 break
         self._check_losses(pending)
+        if in_flight is not None:
+            bar.update()
         bar.close()
         if self.progress.step < end:  # stopped, and saved, within the epoch
             raise preemption.Preempted(self.progress.step)
@@ -301,7 +388,9 @@ class Trainer:
             self.end_epoch(self.progress.step // spe - 1, notice)
         while not notice.received and self.progress.step < spe * num_epochs and not self.stopped_early():
             epoch = self.progress.step // spe
-            self.train_epoch(epoch, notice)
+            with out_of_memory_as("in a train step", "lower batch_size or image_size, or set grad_accum_steps "
+                                  "higher (0 chooses the fewest micro-batches that fit)"):
+                self.train_epoch(epoch, notice)
             self.end_epoch(epoch, notice)
         if notice.received:  # as a validation ended, whose result end_epoch has saved
             raise preemption.Preempted(self.progress.step)
@@ -363,14 +452,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                    int(config.num_processes) if explicit else None,
                                    int(config.process_id) if explicit else None)
         preemption.announce_start(max(checkpointing.steps_on_disk(workdir, "latest"), default=0))
-    run = prepare(config)
-    check_same_run(config, workdir, run.info)
+    run = prepare(config, workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
     try:
-        if jax.process_index() == 0:
-            checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        if jax.process_index() == 0:  # with the micro-batch count chosen, which a resume keeps
+            checkpointing.write_json(os.path.join(workdir, "config.json"), run.config.to_dict())
             checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
         with preemption.StopNotice() as notice:
             trainer.fit(notice)
