@@ -94,7 +94,9 @@ def _recipe_config(recipe: str, model: str | None, overrides: dict[str, Any]):
 
     try:
         module = importlib.import_module(f"medmamba_jax.configs.{recipe}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as err:
+        if err.name != f"medmamba_jax.configs.{recipe}":  # the recipe is there and lacks a package
+            raise
         raise cli.ToolError(f"this checkout has no {recipe} recipe (medmamba_jax/configs/{recipe}.py)") from None
     config = module.get_config()
     if model:
@@ -129,7 +131,8 @@ def experiment(args: argparse.Namespace) -> Experiment:
         chosen = known if not args.datasets else [d.strip() for d in args.datasets.split(",") if d.strip()]
         unknown = [d for d in chosen if d not in known]
         if unknown or not chosen:
-            raise cli.ToolError(f"unknown Table 6 data set(s) {unknown}; use some of {', '.join(known)}")
+            raise cli.ToolError(f"unknown Table 6 data set(s) {unknown or args.datasets!r}; use some of "
+                                f"{', '.join(known)}")
         runs = [Run(d, _with(base, dataset=d)) for d in chosen]
         dataset = ""
     else:
