@@ -8,6 +8,17 @@ exactly as training does, so the test split of the best checkpoint reproduces re
 With --bootstrap N it also has "ci95": each of those six metrics' 95% percentile-bootstrap
 interval over N draws of the split's images (seed 0, so the same command gives the same
 intervals); a metric undefined on some draw has a NaN interval.
+
+With --folder DIR it scores an external test set instead of a split: DIR/<class>/<image
+files> (PNG, JPEG or DICOM; hidden files skipped), each file read as predict reads one.
+Folder classes are matched to the trained classes by name, ignoring case and treating
+spaces, "_" and "-" alike, or by --class-map FOLDER=TRAINED,...; a folder class that matches
+none is refused unless left out with --drop-class FOLDER. The macro averages cover the
+trained classes the folder holds ("scored_classes" in metrics.json); the model still chooses
+among all its classes, so an image predicted as a class the folder lacks counts as wrong.
+
+    python -m medmamba_jax.evaluate --workdir runs/pneumoniamnist --folder cpn_xray/ \
+        --class-map Normal=normal --drop-class COVID
 """
 
 from __future__ import annotations
@@ -27,8 +38,14 @@ PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.parser_for("medmamba_jax.evaluate", __doc__)
     cli.add_model_args(parser, checkpoint_ok=False)
-    cli.add_split_args(parser)
-    parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT)")
+    cli.add_split_args(parser, split_default=None)
+    external = parser.add_argument_group("external test folder (instead of --split)")
+    external.add_argument("--folder", metavar="DIR", help="score the images of DIR/<class>/* instead of a split")
+    external.add_argument("--class-map", metavar="FOLDER=TRAINED,...",
+                          help="pair folder classes with trained classes whose names differ")
+    external.add_argument("--drop-class", action="append", default=[], metavar="FOLDER",
+                          help="leave out a folder class the model was not trained on (repeatable)")
+    parser.add_argument("--out", help="output directory (default: WORKDIR/eval_SPLIT, or WORKDIR/eval_folder_NAME)")
     cli.add_batch_size(parser, 64)
     parser.add_argument("--bootstrap", type=cli.int_at_least(0), default=0, metavar="N",
                         help="also give 95%% confidence intervals from N bootstrap draws, e.g. 1000 "
@@ -36,6 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.bootstrap == 1:
         parser.error("argument --bootstrap: takes 0 (off) or at least 2 draws")
+    if args.folder and (args.split or args.limit):
+        parser.error("argument --folder: scores the whole folder; --split and --limit are for a dataset split")
+    if (args.class_map or args.drop_class) and not args.folder:
+        parser.error("arguments --class-map and --drop-class: need --folder")
+    args.split = args.split or "test"
     return args
 
 
@@ -59,22 +81,56 @@ def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray,
 
 
 def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndarray, scores: np.ndarray,
-                metrics: dict[str, Any], split: str) -> list[str]:
-    """The confusion and ROC figures, from metrics_and_outcomes' truth (N, K) and counts (K, 4)."""
+                metrics: dict[str, Any], source: str) -> list[str]:
+    """The confusion and ROC figures, from metrics_and_outcomes' truth (N, K) and counts (K, 4);
+    ``source`` names the images in the titles ("pathmnist test")."""
     from medmamba_jax.analysis import plots
 
     names = loaded.label_names
-    dataset = loaded.config.dataset
     confusion_path, roc_path = os.path.join(out, "confusion_matrix.png"), os.path.join(out, "roc.png")
     if loaded.multi_label:
-        plots.multilabel_confusion(counts, names, f"{dataset} {split}: per-label outcomes", confusion_path)
+        plots.multilabel_confusion(counts, names, f"{source}: per-label outcomes", confusion_path)
     else:
         plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]), names,
-                               f"{dataset} {split}: confusion matrix (accuracy {metrics['accuracy']:.3f})",
-                               confusion_path)
+                               f"{source}: confusion matrix (accuracy {metrics['accuracy']:.3f})", confusion_path)
     plots.roc(truth, scores, metrics["per_class_auc"], names,
-              f"{dataset} {split}: one-vs-rest ROC (macro AUC {metrics['auc']:.3f})", roc_path)
+              f"{source}: one-vs-rest ROC (macro AUC {metrics['auc']:.3f})", roc_path)
     return [confusion_path, roc_path]
+
+
+def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
+                dropped: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(stored uint8 images (N, H, W, C), trained class indices (N,), what metrics.json records
+    about the folder) of an external test folder, its classes matched by ``external``."""
+    import tqdm
+
+    from medmamba_jax.data.image_files import ImageReadError, labelled_folder, load_for_model
+    from medmamba_jax.evaluation.external import ClassMatchError, match_classes, parse_class_map
+
+    if loaded.multi_label:
+        raise cli.ToolError("--folder gives each image one class, and this workdir's model is multi-label")
+    try:
+        files = labelled_folder(folder)
+        matched = match_classes(list(files), loaded.label_names, parse_class_map(class_map), dropped)
+    except (ImageReadError, ClassMatchError) as err:
+        raise cli.ToolError(str(err)) from None
+    paths = [(path, matched[name]) for name in matched for path in files[name]]
+    images, labels, unread = [], [], []
+    for path, label in tqdm.tqdm(paths, desc="reading", disable=not paths, leave=False):
+        try:
+            images.append(load_for_model(path, loaded.stored_channels, loaded.stored_size, loaded.upstream_decoding))
+            labels.append(label)
+        except ImageReadError as err:
+            unread.append(str(err))
+    if unread:
+        print(f"warning: {len(unread)} of {len(paths)} files are not readable images and are left out: "
+              + "; ".join(unread[:3]) + ("; ..." if len(unread) > 3 else ""), file=sys.stderr)
+    if not images:
+        raise cli.ToolError(f"no readable image in the matched class folders of {folder}")
+    record = {"folder": os.path.abspath(os.path.expanduser(folder)),
+              "class_map": {name: loaded.label_names[matched[name]] if name in matched else None for name in files},
+              "unread_files": unread}
+    return np.stack(images), np.asarray(labels, np.int64), record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,25 +140,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
-    out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
+    name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split
+    out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{name}"))
     loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
-    images, labels = cli.load_split(loaded, args.split, args.limit)
+    if args.folder:
+        images, labels, about = read_folder(loaded, args.folder, args.class_map, args.drop_class)
+        source, progress = f"{loaded.config.dataset} model on {about['folder']}", "folder"
+    else:
+        images, labels = cli.load_split(loaded, args.split, args.limit)
+        about, source, progress = {"split": args.split}, f"{loaded.config.dataset} {args.split}", args.split
     if args.bootstrap and len(images) < 2:
-        raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {args.split} split gives {len(images)}")
-    print(f"evaluating {len(images)} {args.split} images of {loaded.config.dataset}", file=sys.stderr)
-    scores = loaded.scores(images, args.batch_size, progress=args.split)
-    metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task)
+        raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {progress}"
+                           f"{'' if args.folder else ' split'} gives {len(images)}")
+    print(f"evaluating {len(images)} images: {source}", file=sys.stderr)
+    scores = loaded.scores(images, args.batch_size, progress=progress)
+    # On a folder, the macros cover the trained classes it holds; a split is scored as training scores it.
+    scored = np.bincount(labels, minlength=len(loaded.label_names)) > 0 if args.folder else None
+    metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task, scored)
     if args.bootstrap:
-        intervals = bootstrap_intervals(labels, scores, loaded.task, args.bootstrap, progress=args.split)
+        intervals = bootstrap_intervals(labels, scores, loaded.task, args.bootstrap, progress=progress, scored=scored)
         metrics.update(ci95=intervals, bootstrap_draws=args.bootstrap)
     out = cli.output_dir(out)
     support = truth.sum(axis=0)
-    record = {**metrics, "split": args.split, "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step,
+    record = {**metrics, **about, "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step,
               "num_images": int(len(images)), "label_names": loaded.label_names, "support": support.tolist()}
+    if scored is not None:
+        record["scored_classes"] = [n for n, s in zip(loaded.label_names, scored) if s]
     write_json(os.path.join(out, "metrics.json"), record)
-    written = write_plots(out, loaded, truth, counts, scores, metrics, args.split)
-    source = f"{len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step}"
-    print(format_table(metrics, loaded.label_names, support, f"{loaded.config.dataset} {args.split} ({source})"))
+    written = write_plots(out, loaded, truth, counts, scores, metrics, source)
+    detail = f"{len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step}"
+    print(format_table(metrics, loaded.label_names, support, f"{source} ({detail})"))
+    if scored is not None:
+        print(f"scored classes (the macro averages): {', '.join(record['scored_classes'])}; "
+              f"not in the folder: {', '.join(n for n, s in zip(loaded.label_names, scored) if not s) or 'none'}")
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
     return 0
 

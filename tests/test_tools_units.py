@@ -282,7 +282,7 @@ def test_evaluate_plots_of_a_multilabel_task(tmp_path):
     metrics, truth, counts = metrics_and_outcomes(labels, scores, "multi-label, binary-class")
     loaded = types.SimpleNamespace(label_names=["a", "b", "c"], multi_label=True,
                                    config=types.SimpleNamespace(dataset="chestmnist"))
-    for path in evaluate.write_plots(str(tmp_path), loaded, truth, counts, scores, metrics, "test"):
+    for path in evaluate.write_plots(str(tmp_path), loaded, truth, counts, scores, metrics, "chestmnist test"):
         assert_png_not_blank(path)
 
 

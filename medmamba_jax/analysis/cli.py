@@ -142,9 +142,11 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
                             "or a text file with one name per line (default: class_0, class_1, ...)")
 
 
-def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0) -> None:
-    """``--split``, ``--limit`` and ``--data-dir``: which images of a workdir's dataset to use."""
-    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0, split_default: str | None = "test") -> None:
+    """``--split``, ``--limit`` and ``--data-dir``: which images of a workdir's dataset to use.
+    ``split_default`` None leaves ``args.split`` None when not given, for a command that has
+    another source of images and applies "test" itself."""
+    parser.add_argument("--split", default=split_default, help="train, val or test (default: test)")
     shown = f"{limit_default}" if limit_default else "all"
     parser.add_argument("--limit", type=int_at_least(0), default=limit_default,
                         help=f"use at most the first N images (default: {shown})")

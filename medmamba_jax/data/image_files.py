@@ -168,3 +168,23 @@ def to_stored(image: Image.Image, channels: int, size: int, upstream: bool = Fal
 def load_for_model(path: str, channels: int, size: int, upstream: bool = False) -> np.ndarray:
     """``read_image`` then ``to_stored``: (size, size, channels) uint8."""
     return to_stored(read_image(path), channels, size, upstream)
+
+
+def labelled_folder(root: str) -> dict[str, list[str]]:
+    """{class folder name: sorted paths of the files directly inside it} of ``root/<class>/*``.
+
+    Hidden names (``.DS_Store``, ``.ipynb_checkpoints/``) are neither classes nor images;
+    the files listed are not opened here, so a non-image among them is found when read.
+    """
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise ImageReadError(f"{root}: not a directory (expected {root}/<class>/<image files>)")
+    classes = {}
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if os.path.isdir(folder) and not name.startswith("."):
+            classes[name] = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                                   if not f.startswith(".") and os.path.isfile(os.path.join(folder, f)))
+    if not classes:
+        raise ImageReadError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    return classes

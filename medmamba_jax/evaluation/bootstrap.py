@@ -21,14 +21,15 @@ from medmamba_jax.evaluation.metrics import SUMMARY_KEYS, compute_metrics, summa
 
 def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, task: str, resamples: int = 1000,
                         confidence: float = 0.95, seed: int = 0,
-                        progress: str | None = None) -> dict[str, tuple[float, float]]:
+                        progress: str | None = None, scored: np.ndarray | None = None,
+                        ) -> dict[str, tuple[float, float]]:
     """(low, high) of each ``SUMMARY_KEYS`` metric at ``confidence``, by ``resamples`` draws.
 
     ``labels`` (N,) / (N, 1), or (N, K) multi-label, and ``scores`` (N, K) are as for
     ``compute_metrics``; an image's label and score are always drawn together. The same
     ``seed`` gives the same intervals. A metric that is undefined on some draw (an AUC on
     a draw without positives, possible only on tiny splits) has a NaN interval. ``progress``:
-    a tqdm label, or None for no bar.
+    a tqdm label, or None for no bar. ``scored``: as for ``compute_metrics``.
     """
     if resamples < 2:
         raise ValueError(f"resamples must be at least 2, got {resamples}")
@@ -43,7 +44,7 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, task: str, resam
         bar.update()
         with warnings.catch_warnings():  # a class absent from a draw: its NaN is left out of the macro
             warnings.simplefilter("ignore", RuntimeWarning)
-            values = summary(compute_metrics(labels[index], scores[index], task))
+            values = summary(compute_metrics(labels[index], scores[index], task, scored))
         return np.array([values[key] for key in SUMMARY_KEYS])
 
     with bar, warnings.catch_warnings():

@@ -22,6 +22,10 @@ of the macro AUC. In a single-label task, a class neither in ``labels`` nor pred
 small split, ``--limit``) was not evaluated: its per-class precision, sensitivity,
 specificity and F1 are NaN and the macro averages leave it out, as sklearn's
 ``average="macro"`` does. Multi-label macros average every label, as sklearn's do.
+``scored`` narrows the averages further: a class outside it (a trained class that an
+external test folder lacks) gets NaN per-class values and is left out of every macro,
+while predictions still range over all K classes, so an image predicted as it counts as
+an error.
 """
 
 from __future__ import annotations
@@ -88,13 +92,15 @@ def _single_label(labels: np.ndarray, scores: np.ndarray, task: str) -> tuple[np
     return truth_1h, pred_1h, {"aucs": aucs, **extras}
 
 
-def compute_metrics(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[str, Any]:
-    """Metrics of probabilities ``scores`` (N, K) against ``labels`` (N,) / (N, 1), or (N, K) multi-label."""
-    return metrics_and_outcomes(labels, scores, task)[0]
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, task: str,
+                    scored: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of probabilities ``scores`` (N, K) against ``labels`` (N,) / (N, 1), or (N, K) multi-label;
+    ``scored`` (K,) bool: the classes the macro averages cover (default: all)."""
+    return metrics_and_outcomes(labels, scores, task, scored)[0]
 
 
 def metrics_and_outcomes(
-    labels: np.ndarray, scores: np.ndarray, task: str
+    labels: np.ndarray, scores: np.ndarray, task: str, scored: np.ndarray | None = None
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """``compute_metrics``, with what it counted for tables and plots: the (N, K) boolean
     one-vs-rest truth and the (K, 4) per-class counts of OUTCOMES."""
@@ -112,10 +118,11 @@ def metrics_and_outcomes(
         aucs = extras.pop("aucs")
     counts = _outcome_counts(truth, pred)
     per_class = _one_vs_rest(counts)
+    unscored = np.zeros(len(counts), bool) if scored is None else ~np.asarray(scored, bool)
     if task != MULTI_LABEL:
-        unseen = counts[:, :3].sum(axis=1) == 0  # no TP, FN or FP: neither true nor predicted
-        for values in per_class.values():
-            values[unseen] = np.nan
+        unscored |= counts[:, :3].sum(axis=1) == 0  # no TP, FN or FP: neither true nor predicted
+    for values in (*per_class.values(), aucs):
+        values[unscored] = np.nan
     result: dict[str, Any] = {
         "accuracy": extras.pop("accuracy"),
         "auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
