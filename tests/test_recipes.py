@@ -124,3 +124,13 @@ def test_the_block_key_reaches_the_model():
     config_lib.validate(config)
     model = model_init.build(config, num_classes=3)
     assert model.config.block == "ssm_only" and model.layers[0].blocks[0].conv_branch is None
+
+
+def test_analysis_commands_resize_as_the_workdir_trained():
+    from medmamba_jax.analysis.cli import Loaded
+    from medmamba_jax.models import MedMamba
+
+    model = abstract_model(lambda rngs: MedMamba((1,), (8,), num_classes=2, rngs=rngs))
+    config = importlib.import_module("medmamba_jax.configs.medmnist").get_config()
+    assert Loaded(model, ["a", "b"], "multi-class", 224, 1, 28, config).transform == EvalTransform(224, 3, "nearest")
+    assert Loaded(model, ["a", "b"], "multi-class", 224, 3, 224).transform == EvalTransform(224, 3, "linear")
