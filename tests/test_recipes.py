@@ -134,3 +134,15 @@ def test_analysis_commands_resize_as_the_workdir_trained():
     config = importlib.import_module("medmamba_jax.configs.medmnist").get_config()
     assert Loaded(model, ["a", "b"], "multi-class", 224, 1, 28, config).transform == EvalTransform(224, 3, "nearest")
     assert Loaded(model, ["a", "b"], "multi-class", 224, 3, 224).transform == EvalTransform(224, 3, "linear")
+
+
+def test_init_from_refuses_weights_of_another_block():
+    from medmamba_jax.models import MedMamba
+    from medmamba_jax.params import from_torch
+    from medmamba_jax.training import model_init
+    from medmamba_jax.training.errors import TrainingError
+
+    released = from_torch(DATA / "tiny.pth").config  # the full block, as every released checkpoint
+    model = MedMamba(**{**released.to_dict(), "block": "split_no_shuffle"}, rngs=nnx.Rngs(0))  # same shapes
+    with pytest.raises(TrainingError, match=r"another architecture: block full \(config wants split_no_shuffle\)"):
+        model_init.initialise_from(model, str(DATA / "tiny.pth"))

@@ -8,6 +8,9 @@ published weights were trained with it:
 * there is no norm before the head;
 * LayerNorms use eps 1e-5 (upstream passes ``nn.LayerNorm`` to every block, overriding the
   block's 1e-6 default).
+
+``block`` (default "full", the released block) selects one of the paper's Table 7 ablation
+blocks instead; those have no released weights.
 """
 
 from __future__ import annotations
