@@ -55,7 +55,8 @@ class Loaded:
         """Stored uint8 images (b, H, W, C) -> model input, exactly as training evaluated them."""
         from medmamba_jax.data.transforms import EvalTransform
 
-        return EvalTransform(self.image_size, self.in_chans)
+        resize = self.config.resize if self.config is not None else "linear"  # a workdir resizes as it trained
+        return EvalTransform(self.image_size, self.in_chans, resize)
 
     def scores(self, images: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
         """Probabilities (N, K) of stored uint8 images (N, H, W, C), in batches padded to

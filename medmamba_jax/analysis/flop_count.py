@@ -7,8 +7,13 @@ every position), so the raw number leaves most of the scan out. ``counted_flops`
 the missing ``(length - 1)`` runs of each scan body, costed by XLA on its own.
 
 ``macs`` counts the multiply-accumulates of convolutions and matrix products from the
-jaxpr: the quantity fvcore and most papers report as "FLOPs". ``forward_costs`` gives both
-for a model's forward pass.
+jaxpr: the quantity fvcore, thop and most papers report as "FLOPs". It keeps apart the
+products with batch dimensions ("batched": SS2D's per-direction x_proj and dt_proj, which
+upstream computes with ``torch.einsum``) from those without ("linear": nn.Linear layers),
+because counters differ on them: thop's module hooks see only nn.Conv2d and nn.Linear, while
+fvcore traces einsums too. ``scan_macs`` is VMamba's cost of a selective scan (its fvcore
+handle, ``flops_selective_scan_fn``): 9 L D N + L D per scan of D channels, N states and
+length L. ``forward_costs`` gives all of these for a model's forward pass.
 """
 
 from __future__ import annotations
@@ -99,11 +104,35 @@ def counted_flops(fn: Callable, *args) -> dict[str, float]:
     return _counted(jax.jit(fn).trace(*args))
 
 
-def forward_costs(model: MedMamba, image_size: int, batch: int = 1) -> dict[str, float]:
-    """``counted_flops`` and ``macs`` of one forward pass of ``batch`` images, from one trace."""
+def forward_costs(model: MedMamba, image_size: int, batch: int = 1, xla: bool = True) -> dict[str, float]:
+    """``macs`` and ``scan_macs`` of one forward pass of ``batch`` images, and with ``xla`` its
+    ``counted_flops`` (which compiles the model), from one trace."""
     fn, state = forward_fn(model)
     traced = jax.jit(fn).trace(state, _input(model, image_size, batch))
-    return {**_counted(traced), **_walk_macs(traced.jaxpr.jaxpr)}
+    counted = _counted(traced) if xla else {}
+    return {**counted, **_walk_macs(traced.jaxpr.jaxpr), "scan": batch * scan_macs(model, image_size)}
+
+
+def scan_macs(model: MedMamba, image_size: int) -> float:
+    """VMamba's count for the selective scans of one image: 9 L D N + L D per SS2D, where L is
+    the stage's pixels, D = 4 directions x d_inner channels and N = d_state (the + L D is
+    the D skip term; the SiLU gate is applied outside the scan, so no z term)."""
+    side, total = image_size // model.config.patch_size, 0.0
+    for stage in model.layers:
+        length = side * side
+        for block in stage.blocks:
+            channels, states = 4 * block.self_attention.d_inner, block.self_attention.d_state
+            total += 9 * length * channels * states + length * channels
+        side //= 2  # a patch merging halves the side, dropping an odd last row and column
+    return total
+
+
+def _kind(eqn) -> str:
+    """ "conv", "linear" (a matrix product without batch dimensions) or "batched"."""
+    if eqn.primitive.name == "conv_general_dilated":
+        return "conv"
+    (_, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+    return "batched" if lhs_batch else "linear"
 
 
 def _eqn_macs(eqn) -> float:
@@ -120,11 +149,11 @@ def _eqn_macs(eqn) -> float:
 
 
 def _walk_macs(jaxpr: jcore.Jaxpr, times: int = 1) -> dict[str, float]:
-    totals = {"conv": 0.0, "matmul": 0.0}
+    totals = {"conv": 0.0, "linear": 0.0, "batched": 0.0}
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in ("dot_general", "conv_general_dilated"):
-            totals["conv" if name.startswith("conv") else "matmul"] += times * _eqn_macs(eqn)
+            totals[_kind(eqn)] += times * _eqn_macs(eqn)
             continue
         repeat = eqn.params["length"] if name == "scan" else 1
         for sub in _sub_jaxprs(eqn):
@@ -134,5 +163,6 @@ def _walk_macs(jaxpr: jcore.Jaxpr, times: int = 1) -> dict[str, float]:
 
 
 def macs(fn: Callable, *args) -> dict[str, float]:
-    """Multiply-accumulates of the convolutions ("conv") and matrix products ("matmul") of ``fn(*args)``."""
+    """Multiply-accumulates of ``fn(*args)``'s convolutions ("conv") and matrix products without
+    ("linear") and with ("batched") batch dimensions."""
     return _walk_macs(jax.make_jaxpr(fn)(*args).jaxpr)

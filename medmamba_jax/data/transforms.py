@@ -5,6 +5,10 @@ Batches travel to the device as uint8 at the source resolution (a 28x28 MedMNIST
 normalisation happen on the device. The host never becomes the bottleneck this way.
 
 Normalisation is mean 0.5, std 0.5 per channel, so inputs lie in [-1, 1].
+
+Resizing to ``image_size`` is "linear" (antialiased, as PIL's bilinear when shrinking) or
+"nearest", which picks the pixels PIL's NEAREST filter picks: MedMNIST v2's training script,
+which the paper follows, resizes its PIL images with ``Resize((224, 224), NEAREST)``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ MEAN, STD = 0.5, 0.5
 # torchvision RandomResizedCrop's defaults: area fraction and aspect-ratio range.
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+RESIZE_METHODS = ("linear", "nearest")
 
 
 def channels_fit(stored: int, in_chans: int) -> bool:
@@ -37,16 +42,30 @@ def _finish(x: jax.Array, in_chans: int) -> jax.Array:
     return (x - MEAN) / STD
 
 
-def _resize(x: jax.Array, image_size: int) -> jax.Array:
+def nearest_indices(source: int, target: int) -> np.ndarray:
+    """(target,) source pixel of each output pixel under PIL's NEAREST resize: the pixel under
+    the output pixel's centre, (i + 0.5) * source / target, found as PIL finds it, by adding the
+    step source / target in double precision, so that centres on pixel boundaries (64 -> 224
+    has seven) fall on the same side as PIL's."""
+    step = source / target
+    centres = np.cumsum(np.concatenate([[0.5 * step], np.full(target - 1, step)]))
+    return np.minimum(centres.astype(np.int64), source - 1)
+
+
+def _resize(x: jax.Array, image_size: int, method: str) -> jax.Array:
+    """(b, H, W, c) -> (b, image_size, image_size, c) by ``method``, one of RESIZE_METHODS."""
     if x.shape[1:3] == (image_size, image_size):
         return x
+    if method == "nearest":
+        rows, cols = (nearest_indices(side, image_size) for side in x.shape[1:3])
+        return x[:, rows][:, :, cols]
     shape = (x.shape[0], image_size, image_size, x.shape[-1])
     return jax.image.resize(x, shape, method="linear", antialias=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-    """The eval-time transform: resize to image_size, channels to in_chans, normalise.
+    """The eval-time transform: resize to image_size (by ``resize``), channels to in_chans, normalise.
 
     A frozen dataclass so it can be a static (hashed) argument of jitted functions.
     Call on uint8 (b, H, W, C); returns float32 (b, image_size, image_size, in_chans).
@@ -54,10 +73,11 @@ class EvalTransform:
 
     image_size: int
     in_chans: int = 3
+    resize: str = "linear"
 
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(jnp.float32) / 255.0
-        return _finish(_resize(x, self.image_size), self.in_chans)
+        return _finish(_resize(x, self.image_size, self.resize), self.in_chans)
 
 
 def _crop_boxes(key: jax.Array, batch: int, height: int, width: int) -> tuple[jax.Array, jax.Array]:
@@ -93,7 +113,8 @@ def _random_resized_crop(x: jax.Array, key: jax.Array, image_size: int) -> jax.A
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-    """The training transform: optional random-resized-crop and flip, then as EvalTransform.
+    """The training transform: optional random-resized-crop (always linear) or else a resize
+    by ``resize``, optional flip, then as EvalTransform.
 
     Randomness comes from ``key`` only, one draw per image of the global batch, so the
     result does not depend on how the batch is sharded over devices.
@@ -103,6 +124,7 @@ class TrainTransform:
     in_chans: int = 3
     random_resized_crop: bool = True
     random_flip: bool = True
+    resize: str = "linear"
 
     def __call__(self, images: jax.Array, key: jax.Array) -> jax.Array:
         k_crop, k_flip = jax.random.split(key)
@@ -110,7 +132,7 @@ class TrainTransform:
         if self.random_resized_crop:
             x = _random_resized_crop(x, k_crop, self.image_size)
         else:
-            x = _resize(x, self.image_size)
+            x = _resize(x, self.image_size, self.resize)
         if self.random_flip:
             flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
             x = jnp.where(flip, x[:, :, ::-1], x)
@@ -118,12 +140,15 @@ class TrainTransform:
 
 
 def eval_transform(config) -> EvalTransform:
-    return EvalTransform(int(config.image_size), int(config.in_chans))
+    """The eval transform a training config (or a workdir's config.json) asks for."""
+    return EvalTransform(int(config.image_size), int(config.in_chans), str(config.resize))
 
 
 def train_transform(config) -> TrainTransform:
+    """The training transform a training config asks for."""
     return TrainTransform(
-        int(config.image_size), int(config.in_chans), bool(config.random_resized_crop), bool(config.random_flip)
+        int(config.image_size), int(config.in_chans), bool(config.random_resized_crop), bool(config.random_flip),
+        str(config.resize),
     )
 
 

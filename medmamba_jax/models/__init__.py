@@ -1,6 +1,8 @@
 """MedMamba modules (Flax NNX)."""
 
 from medmamba_jax.models.medmamba import (
+    BLOCK_PARTS,
+    BLOCKS,
     VARIANT_CONFIGS,
     VARIANTS,
     ConvBranch,
@@ -20,6 +22,8 @@ from medmamba_jax.models.medmamba import (
 from medmamba_jax.models.ss2d import SS2D
 
 __all__ = [
+    "BLOCK_PARTS",
+    "BLOCKS",
     "VARIANT_CONFIGS",
     "VARIANTS",
     "ConvBranch",

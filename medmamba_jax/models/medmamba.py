@@ -8,6 +8,9 @@ published weights were trained with it:
 * there is no norm before the head;
 * LayerNorms use eps 1e-5 (upstream passes ``nn.LayerNorm`` to every block, overriding the
   block's 1e-6 default).
+
+``block`` (default "full", the released block) selects one of the paper's Table 7 ablation
+blocks instead; those have no released weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ from medmamba_jax.models.ss2d import SS2D
 from medmamba_jax.ops import SCAN_IMPLS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# The block of each row of the paper's Table 7 (MedMamba-T with parts removed), by which of
+# (SSM branch, Conv branch, channel split, channel shuffle) it keeps. "full" is the released
+# SS-Conv-SSM block; the others exist only to reproduce the ablation (no released weights).
+BLOCK_PARTS = {
+    "full": (1, 1, 1, 1),
+    "split_no_shuffle": (1, 1, 1, 0),
+    "no_split": (1, 1, 0, 0),
+    "ssm_only": (1, 0, 0, 0),
+}
+BLOCKS = tuple(BLOCK_PARTS)
 
 
 def _int_at_least(name: str, given: Any, minimum: int) -> int:
@@ -59,6 +73,7 @@ class MedMambaConfig:
     drop_path_rate: float = 0.1
     scan_impl: str = "auto"
     dtype: str = "float32"
+    block: str = "full"  # one of BLOCKS: the released block, or a Table 7 ablation
 
     def __post_init__(self):
         # Each check names the field and what it accepts: the training config's model
@@ -84,6 +99,8 @@ class MedMambaConfig:
             pass  # not a dtype at all: rejected just below
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
 
     @property
     def min_image_size(self) -> int:
@@ -177,11 +194,13 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
 
 
 class SSConvSSM(nnx.Module):
-    """The SS-Conv-SSM block: (b,H,W,C) -> (b,H,W,C).
+    """The SS-Conv-SSM block, or one of its Table 7 ablations: (b,H,W,C) -> (b,H,W,C).
 
-    The left half goes through ``conv_branch``, the right half through LN + SS2D
-    (with stochastic depth); the halves are concatenated, channel-shuffled, and added
-    to the input.
+    ``block="full"`` (the released block): the left half of the channels goes through
+    ``conv_branch``, the right half through LN + SS2D (with stochastic depth); the halves are
+    concatenated, channel-shuffled, and added to the input. ``"split_no_shuffle"`` skips the
+    shuffle. ``"no_split"`` runs both branches on all C channels and adds their outputs to the
+    input; ``"ssm_only"`` is LN + SS2D on all C channels plus the input (no conv branch).
     """
 
     def __init__(
@@ -190,23 +209,30 @@ class SSConvSSM(nnx.Module):
         drop_path: float = 0.0,
         d_state: int = 16,
         *,
+        block: str = "full",
         scan_impl: str = "auto",
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        half = dim // 2
-        self.ln_1 = nnx.LayerNorm(half, epsilon=1e-5, rngs=rngs)
-        self.self_attention = SS2D(half, d_state, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
+        _, has_conv, self.split, self.shuffle = map(bool, BLOCK_PARTS[block])
+        width = dim // 2 if self.split else dim
+        self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.self_attention = SS2D(width, d_state, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
         # Stochastic depth is dropout with one mask value per sample.
         self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
-        self.conv_branch = ConvBranch(half, dtype=dtype, rngs=rngs)
+        self.conv_branch = ConvBranch(width, dtype=dtype, rngs=rngs) if has_conv else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.split:
+            out = self.drop_path(self.self_attention(self.ln_1(x)))
+            if self.conv_branch is not None:
+                out = out + self.conv_branch(x).astype(out.dtype)
+            return out + x
         left, right = jnp.split(x, 2, axis=-1)
         right = self.drop_path(self.self_attention(self.ln_1(right)))
         left = self.conv_branch(left)
         out = jnp.concatenate([left.astype(right.dtype), right], axis=-1)
-        return channel_shuffle(out, 2) + x
+        return (channel_shuffle(out, 2) if self.shuffle else out) + x
 
 
 class Stage(nnx.Module):
@@ -219,13 +245,14 @@ class Stage(nnx.Module):
         d_state: int,
         downsample: bool,
         *,
+        block: str = "full",
         scan_impl: str,
         dtype,
         rngs: nnx.Rngs,
     ):
         self.blocks = nnx.List(
             [
-                SSConvSSM(dim, rate, d_state, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
+                SSConvSSM(dim, rate, d_state, block=block, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
                 for rate in drop_paths
             ]
         )
@@ -266,11 +293,12 @@ class MedMamba(nnx.Module):
         patch_size: int = 4,
         scan_impl: str = "auto",
         dtype: str | jnp.dtype = "float32",
+        block: str = "full",
         *,
         rngs: nnx.Rngs,
     ):
         self.config = MedMambaConfig(
-            depths, dims, d_state, num_classes, in_chans, patch_size, drop_path_rate, scan_impl, dtype
+            depths, dims, d_state, num_classes, in_chans, patch_size, drop_path_rate, scan_impl, dtype, block
         )
         cfg, compute = self.config, _DTYPES[self.config.dtype]
         self.patch_embed = PatchEmbed2D(cfg.patch_size, cfg.in_chans, cfg.dims[0], dtype=compute, rngs=rngs)
@@ -283,6 +311,7 @@ class MedMamba(nnx.Module):
                     rates[starts[i] : starts[i + 1]],
                     cfg.d_state,
                     downsample=i < len(cfg.dims) - 1,
+                    block=cfg.block,
                     scan_impl=cfg.scan_impl,
                     dtype=compute,
                     rngs=rngs,

@@ -13,8 +13,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from medmamba_jax.data.transforms import RESIZE_METHODS
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
-from medmamba_jax.models import VARIANT_CONFIGS, VARIANTS
+from medmamba_jax.models import BLOCKS, VARIANT_CONFIGS, VARIANTS
 from medmamba_jax.ops import SCAN_IMPLS
 from medmamba_jax.training.errors import ConfigError
 
@@ -32,6 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_size = 224  # model input resolution
     c.download = False  # fetch a missing MedMNIST file, or replace an unreadable one (MD5-checked)
     c.in_chans = 3  # grayscale sets are repeated to 3 channels when the model wants 3
+    # How images of another size reach image_size, in training and evaluation: "linear"
+    # (antialiased) or "nearest" (MedMNIST v2's and the paper's). The defaults of keys added
+    # since a run are what it used: from_dict fills them into an older workdir's config.json.
+    c.resize = "linear"
     c.random_flip = True  # horizontal flip, as upstream's RandomHorizontalFlip
     c.random_resized_crop = True  # as upstream's RandomResizedCrop(scale=(0.08, 1))
     c.autoaugment = False  # ImageNet AutoAugment policy (the paper's MedMamba-X)
@@ -41,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "medmamba_t"  # medmamba_t, medmamba_s or medmamba_b
     c.depths = config_dict.placeholder(tuple)  # override the variant's depths, e.g. (1, 1, 1, 1)
     c.dims = config_dict.placeholder(tuple)  # override the variant's dims, e.g. (8, 16, 32, 64)
+    c.block = "full"  # the SS-Conv-SSM block, or a Table 7 ablation: split_no_shuffle, no_split, ssm_only
     c.drop_path_rate = 0.1
     c.scan_impl = "auto"  # selective scan: auto (pallas on a GPU, else associative), associative, reference, pallas
     c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
@@ -82,6 +88,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     checks = [
         (config.model in MODELS, f"model must be one of {MODELS}, got {config.model!r}"),
         (config.scan_impl in SCAN_IMPLS, f"scan_impl must be one of {SCAN_IMPLS}, got {config.scan_impl!r}"),
+        (config.block in BLOCKS, f"block must be one of {BLOCKS}, got {config.block!r}"),
+        (config.resize in RESIZE_METHODS, f"resize must be one of {RESIZE_METHODS}, got {config.resize!r}"),
         (config.best_metric in METRICS, f"best_metric must be one of {METRICS}, got {config.best_metric!r}"),
         (config.grad_accum_steps >= 0, f"grad_accum_steps must be >= 0 (0 = automatic), got {config.grad_accum_steps}"),
         (config.device_memory_gb >= 0, f"device_memory_gb must be >= 0 (0 = ask the device), got {config.device_memory_gb}"),
@@ -138,6 +146,7 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "scan_impl": config.scan_impl,
         "dtype": config.dtype,
         "in_chans": int(config.in_chans),
+        "block": config.block,
     }
     overrides.update({key: config[key] for key in ("depths", "dims") if config[key] is not None})
     return overrides

@@ -20,7 +20,7 @@ from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import TrainingError
 
 # Fields that define the architecture; num_classes only sizes the head.
-ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size")
+ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size", "block")
 
 
 def build(config, num_classes: int) -> MedMamba:
