@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import medmamba_jax
-from medmamba_jax import commands, convert, extras, predict
+from medmamba_jax import commands, convert, explain, extras, predict
 from medmamba_jax.analysis import cli
 from medmamba_jax.checkpoints import CONFIG_FILE, load_model
 from medmamba_jax.data import medmnist_source
@@ -111,9 +111,37 @@ def test_a_converted_checkpoint_carries_its_input_size_and_labels(sample_images,
     assert json.loads(capsys.readouterr().out) == carried
 
 
+def test_an_exported_workdir_predicts_as_the_workdir_does(tools_workdir, sample_images, tmp_path, capsys):
+    """The tools workdir stores 28-px RGB images and feeds the model 64 px: the card keeps both."""
+    exported = str(tmp_path / "exported")
+    assert convert.main([tools_workdir, exported, "--which", "best"]) == 0
+    card = load_model(exported).card
+    assert (card.image_size, card.stored_size, card.channels, card.decoding) == (64, 28, 3, "dataset")
+    files = [sample_images[name] for name in ("rgb.png", "gray.png", "rgba.png")]
+    capsys.readouterr()
+    assert cli.run(predict.main, ["--workdir", tools_workdir, *files]) == 0
+    from_workdir = capsys.readouterr().out
+    assert cli.run(predict.main, ["--checkpoint", exported, *files]) == 0
+    assert capsys.readouterr().out == from_workdir
+    assert cli.run(explain.main, ["gradcam", "--checkpoint", exported, files[0], "--out", str(tmp_path / "cams"),
+                                  "--target", "debris"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == "debris"
+    assert convert.main([tools_workdir, str(tmp_path / "again"), "--labels", "a,b"]) == 1
+    assert "a workdir records its own" in capsys.readouterr().err
+
+
 def test_convert_refuses_labels_that_do_not_fit(tmp_path, capsys):
     assert convert.main([str(DATA / "tiny.pth"), str(tmp_path / "out"), "--labels", "a,b,c"]) == 1
     assert capsys.readouterr().err == "error: 3 label names for a model with 5 outputs\n"
+
+
+def test_medmamba_train_resolves_a_recipe_and_fails_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medmamba_jax", "train", "--config=smoke", f"--workdir={tmp_path / 'w'}",
+                           f"--config.data_dir={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: MedMNIST file {tmp_path / 'none'}/pathmnist.npz"
+                                                          " not found"), done.stderr
+    assert done.stderr.count("\n") == 1
 
 
 def _run(args: list[str], cwd, env) -> str:
