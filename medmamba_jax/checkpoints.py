@@ -84,11 +84,15 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(fields) - known:
             raise CheckpointError(f"{CONFIG_FILE}: unknown preprocessing keys {sorted(set(fields) - known)}")
-        tuples = {k: tuple(v) for k, v in fields.items() if k in ("mean", "std", "label_names") and v is not None}
-        card = cls(**{**fields, **tuples})
-        if card.decoding not in DECODINGS:
-            raise CheckpointError(f"{CONFIG_FILE}: decoding {card.decoding!r} is not one of {DECODINGS}")
-        return card
+        problems = [f"{k} {v!r} is not a positive integer" for k, v in fields.items()
+                    if k in ("image_size", "stored_size", "channels") and not (type(v) is int and v > 0)]
+        problems += [f"{k} {v!r} is not a list" for k, v in fields.items()
+                     if k in ("mean", "std", "label_names") and not isinstance(v, (list, tuple))]
+        if fields.get("decoding", DECODINGS[0]) not in DECODINGS:
+            problems.append(f"decoding {fields['decoding']!r} is not one of {DECODINGS}")
+        if problems:
+            raise CheckpointError(f"{CONFIG_FILE}: {'; '.join(problems)}")
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
 
 
 def split_config(values: dict[str, Any]) -> tuple[dict[str, Any], ModelCard]:

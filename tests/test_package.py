@@ -23,7 +23,7 @@ from PIL import Image
 import medmamba_jax
 from medmamba_jax import commands, convert, explain, extras, predict
 from medmamba_jax.analysis import cli
-from medmamba_jax.checkpoints import CONFIG_FILE, load_model
+from medmamba_jax.checkpoints import CONFIG_FILE, CheckpointError, ModelCard, load_model
 from medmamba_jax.data import medmnist_source
 from medmamba_jax.train import resolve_config
 from numerics import DATA
@@ -128,6 +128,16 @@ def test_an_exported_workdir_predicts_as_the_workdir_does(tools_workdir, sample_
     assert json.loads(capsys.readouterr().out)["target"] == "debris"
     assert convert.main([tools_workdir, str(tmp_path / "again"), "--labels", "a,b"]) == 1
     assert "a workdir records its own" in capsys.readouterr().err
+
+
+def test_a_model_card_survives_json_and_a_damaged_one_is_named(tmp_path):
+    card = ModelCard(64, 28, 1, (0.5,) * 3, (0.5,) * 3, "dataset", ("a", "b"), "multi-label, binary-class")
+    assert ModelCard.from_json(json.loads(json.dumps(card.to_json()))) == card
+    assert ModelCard.from_json({}) == ModelCard()  # a model_config.json from before cards
+    damaged = {"depths": [1], "dims": [8], "preprocessing": {"image_size": "64", "decoding": "pil"}}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(damaged))
+    with pytest.raises(CheckpointError, match=r"image_size '64' is not a positive integer; decoding 'pil' is not one of"):
+        load_model(tmp_path)
 
 
 def test_convert_refuses_labels_that_do_not_fit(tmp_path, capsys):

@@ -254,7 +254,7 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None) 
 
     if os.path.isfile(directory):
         raise ToolError(f"--checkpoint takes a converted model directory, and {directory} is a file; "
-                        f"convert it first: medmamba convert {directory} DIR")
+                        f"convert it first: python -m medmamba_jax.convert {directory} DIR")
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)
