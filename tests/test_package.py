@@ -185,9 +185,12 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     work = tmp_path / "user"
     work.mkdir()
     Image.new("RGB", (40, 30), (200, 120, 60)).save(work / "scan.png")
-    where = _run([python, "-c", "import importlib.metadata as m, medmamba_jax as mm; "
-                  "print(mm.__file__, mm.__version__, m.version('medmamba-jax'))"], work, offline).split()
+    where = _run([python, "-c", "import importlib.metadata as m, os, medmamba_jax as mm; from medmamba_jax import paper; "
+                  "print(mm.__file__, mm.__version__, m.version('medmamba-jax'), len(paper.table('table6_medmnist')), "
+                  "os.path.isfile(os.path.join(os.path.dirname(mm.__file__), 'configs', 'medmnist.py')))"],
+                 work, offline).split()
     assert where[0].startswith(site) and where[1] == where[2] == medmamba_jax.__version__
+    assert int(where[3]) > 0 and where[4] == "True"  # the package data: the paper's tables, the recipes
     assert "convert" in _run([str(scripts / "medmamba"), "--help"], work, offline)
     _run([str(scripts / "medmamba"), "convert", str(DATA / "tiny.pth"), "converted", "--image-size", "64",
           "--labels", ",".join(TINY_LABELS)], work, offline)
