@@ -180,7 +180,10 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
     values, card = split_config(json.loads(config_path.read_text()))
     if scan_impl is not None:
         values["scan_impl"] = scan_impl
-    model = shell_model(MedMambaConfig.from_dict(values), seed)
+    config = MedMambaConfig.from_dict(values)
+    if card.label_names is not None and len(card.label_names) != config.num_classes:
+        raise CheckpointError(f"{config_path}: {len(card.label_names)} label_names for {config.num_classes} outputs")
+    model = shell_model(config, seed)
     state = weights_state(model)
     targets = restore_targets(nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()

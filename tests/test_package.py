@@ -138,6 +138,10 @@ def test_a_model_card_survives_json_and_a_damaged_one_is_named(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(damaged))
     with pytest.raises(CheckpointError, match=r"image_size '64' is not a positive integer; decoding 'pil' is not one of"):
         load_model(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({"depths": [1, 1], "dims": [8, 16], "num_classes": 2,
+                                                    "label_names": ["a"]}))
+    with pytest.raises(CheckpointError, match="1 label_names for 2 outputs"):
+        load_model(tmp_path)
 
 
 def test_convert_refuses_labels_that_do_not_fit(tmp_path, capsys):
