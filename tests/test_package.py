@@ -60,9 +60,13 @@ def test_the_command_lists_its_subcommands_and_refuses_unknown_ones(capsys):
     assert err.startswith("error: unknown subcommand 'fit'; one of: train, evaluate, predict,") and err.count("\n") == 1
 
 
-def test_a_subcommand_runs_its_tool_with_the_remaining_arguments(tmp_path, capsys):
+def test_a_subcommand_runs_its_tool_with_the_remaining_arguments(tmp_path, capsys, monkeypatch):
     assert commands.main(["predict", "--checkpoint", str(tmp_path / "nowhere"), "x.png"]) == 1
     assert capsys.readouterr().err == f"error: checkpoint directory {tmp_path / 'nowhere'} does not exist\n"
+    monkeypatch.setattr(sys, "argv", [os.path.join("venv", "bin", "medmamba"), "explain", "gradcam", "--help"])
+    with pytest.raises(SystemExit, match="0"):
+        commands.main()
+    assert capsys.readouterr().out.startswith("usage: medmamba explain gradcam [-h]")  # named as the user typed it
 
 
 def test_train_takes_a_recipe_name(tmp_path, monkeypatch):

@@ -98,10 +98,14 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 
 def parser_for(module: str, doc: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m MODULE``: the docstring's first paragraph as its description,
-    the rest (usage examples) as its epilog."""
+    """The parser of ``python -m MODULE`` (named ``medmamba TOOL`` when that command runs it): the
+    docstring's first paragraph as its description, the rest (usage examples) as its epilog."""
     first, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=first, epilog=rest,
+    program = sys.argv[0] if sys.argv else ""
+    via_medmamba = (os.path.basename(program) == "medmamba"
+                    or program.endswith(os.path.join("medmamba_jax", "__main__.py")))
+    prog = f"medmamba {module.rsplit('.', 1)[-1]}" if via_medmamba else f"python -m {module}"
+    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
