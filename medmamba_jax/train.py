@@ -47,7 +47,8 @@ def resolve_config(value: str) -> str:
     if folder not in ("", "configs"):
         return value  # a path that is missing: the flag parser says so
     if name not in recipe_names():
-        raise flags.IllegalFlagValueError(f"--config={value}: no such file, and not a recipe name (one of {', '.join(recipe_names())})")
+        raise flags.IllegalFlagValueError(f"--config={value}: no such file, and not a recipe name "
+                                          f"(one of {', '.join(recipe_names())})")
     return str(resources.files("medmamba_jax.configs").joinpath(f"{name}.py")) + colon + config_args
 
 
