@@ -1,5 +1,7 @@
 """medmamba-jax: MedMamba in JAX / Flax NNX, with parity to the released PyTorch weights."""
 
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml and `medmamba --version` read it
+
 from medmamba_jax.models import (
     SS2D,
     MedMamba,
@@ -17,6 +19,7 @@ from medmamba_jax.ops import selective_scan
 
 __all__ = [
     "SS2D",
+    "__version__",
     "MedMamba",
     "MedMambaConfig",
     "PatchEmbed2D",

@@ -3,13 +3,25 @@
 This is the format ``python -m medmamba_jax.convert`` writes; the training and
 evaluation tools load it with :func:`load_model`. Only parameters and BatchNorm
 statistics are stored; dropout streams are re-seeded on load.
+
+``model_config.json`` holds the architecture (``MedMambaConfig``) and, as timm's pretrained
+configs do, what the weights expect and output (:class:`ModelCard`)::
+
+    {"depths": [2, 2, 4, 2], "dims": [...], ..., "in_chans": 3,
+     "preprocessing": {"image_size": 224, "stored_size": 224, "channels": 3,
+                       "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "decoding": "upstream"},
+     "label_names": ["adipose", ...], "task": "multi-class"}
+
+Every card key is optional: files written before they existed load with an empty card.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +38,68 @@ class CheckpointError(ValueError):
 CONFIG_FILE = "model_config.json"
 STATE_DIR = "state"
 _WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
+DECODINGS = ("upstream", "dataset")
+# Upstream MedMamba's evaluation: transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).
+UPSTREAM_MEAN = UPSTREAM_STD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What saved weights expect and output, besides their architecture; None where unknown.
+
+    ``image_size``: model input side. ``stored_size`` and ``channels``: what an image file is
+    first turned into (side and 1 or 3 channels), as the training data was stored, before the
+    resize to ``image_size`` and the repeat to ``in_chans``. ``mean``, ``std``: normalisation
+    per input channel, after scaling to [0, 1]. ``decoding``: "upstream" (PIL's convert("RGB"),
+    as the released PyTorch code reads files) or "dataset" (as training read its dataset).
+    ``label_names``: one per output, in index order. ``task``: a MedMNIST task string.
+    """
+
+    image_size: int | None = None
+    stored_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    decoding: str = "upstream"
+    label_names: tuple[str, ...] | None = None
+    task: str = "multi-class"
+
+    @classmethod
+    def upstream(cls, in_chans: int, image_size: int | None = None,
+                 label_names: Sequence[str] | None = None) -> "ModelCard":
+        """The card of upstream weights: RGB files read at ``image_size`` and normalised to [-1, 1]."""
+        return cls(image_size, image_size, in_chans, (UPSTREAM_MEAN,) * in_chans, (UPSTREAM_STD,) * in_chans,
+                   "upstream", None if label_names is None else tuple(label_names))
+
+    def to_json(self) -> dict[str, Any]:
+        """The model_config.json keys of this card (unknown values left out)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        classes = {k: fields.pop(k) for k in ("label_names", "task") if k in fields}
+        return {"preprocessing": fields, **classes}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "ModelCard":
+        """The card in model_config.json's keys ``values``; CheckpointError for one that is malformed."""
+        fields = {**values.get("preprocessing", {}), **{k: values[k] for k in ("label_names", "task") if k in values}}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(fields) - known:
+            raise CheckpointError(f"{CONFIG_FILE}: unknown preprocessing keys {sorted(set(fields) - known)}")
+        problems = [f"{k} {v!r} is not a positive integer" for k, v in fields.items()
+                    if k in ("image_size", "stored_size", "channels") and not (type(v) is int and v > 0)]
+        problems += [f"{k} {v!r} is not a list" for k, v in fields.items()
+                     if k in ("mean", "std", "label_names") and not isinstance(v, (list, tuple))]
+        if fields.get("decoding", DECODINGS[0]) not in DECODINGS:
+            problems.append(f"decoding {fields['decoding']!r} is not one of {DECODINGS}")
+        if problems:
+            raise CheckpointError(f"{CONFIG_FILE}: {'; '.join(problems)}")
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
+
+
+def split_config(values: dict[str, Any]) -> tuple[dict[str, Any], ModelCard]:
+    """model_config.json's contents -> (MedMambaConfig fields, ModelCard)."""
+    card_keys = ("preprocessing", "label_names", "task")
+    architecture = {k: v for k, v in values.items() if k not in card_keys}
+    return architecture, ModelCard.from_json({k: values[k] for k in card_keys if k in values})
 
 
 def shell_model(config: MedMambaConfig, seed: int = 0) -> MedMamba:
@@ -48,19 +122,21 @@ def weights_state(model: nnx.Module) -> nnx.State:
     return nnx.state(model, _WEIGHTS)
 
 
-def save_model(directory: str | os.PathLike, model: MedMamba) -> Path:
+def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | None = None) -> Path:
     """Writes ``directory/model_config.json`` and ``directory/state`` (Orbax). Returns the directory.
 
-    The config is written last, through a rename, so a directory with a config
-    always holds a complete checkpoint.
+    ``card`` (default: the one ``from_torch`` or ``load_model`` gave the model, as ``model.card``)
+    is recorded in model_config.json. The config is written last, through a rename, so a
+    directory with a config always holds a complete checkpoint.
     """
+    card = card if card is not None else getattr(model, "card", ModelCard())
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / STATE_DIR, nnx.to_pure_dict(weights_state(model)), force=True)
     checkpointer.wait_until_finished()
     tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps({**model.config.to_dict(), **card.to_json()}, indent=2) + "\n")
     tmp.replace(directory / CONFIG_FILE)
     return directory
 
@@ -95,15 +171,19 @@ def _check_saved_shapes(directory: Path, saved, targets) -> None:
 
 
 def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, seed: int = 0) -> MedMamba:
-    """Reads a directory written by :func:`save_model`; the model comes back in eval mode."""
+    """Reads a directory written by :func:`save_model`; the model comes back in eval mode, with
+    its :class:`ModelCard` as ``model.card``."""
     directory = Path(directory).absolute()
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a medmamba-jax model directory")
-    values = json.loads(config_path.read_text())
+    values, card = split_config(json.loads(config_path.read_text()))
     if scan_impl is not None:
         values["scan_impl"] = scan_impl
-    model = shell_model(MedMambaConfig.from_dict(values), seed)
+    config = MedMambaConfig.from_dict(values)
+    if card.label_names is not None and len(card.label_names) != config.num_classes:
+        raise CheckpointError(f"{config_path}: {len(card.label_names)} label_names for {config.num_classes} outputs")
+    model = shell_model(config, seed)
     state = weights_state(model)
     targets = restore_targets(nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()
@@ -120,4 +200,5 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     model.eval()
+    model.card = card
     return model

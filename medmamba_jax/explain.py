@@ -1,6 +1,7 @@
 r"""Explain a trained model: Grad-CAM overlays for image files, or a t-SNE map of a split.
 
     python -m medmamba_jax.explain gradcam --workdir runs/pathmnist img1.png img2.dcm --out cams/
+    python -m medmamba_jax.explain gradcam --checkpoint converted/ img1.png --out cams/
     python -m medmamba_jax.explain tsne --workdir runs/pathmnist [--split test] --out tsne/
 
 Grad-CAM is computed on the last stage by JAX autodiff through the NNX model (see

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medmamba_jax.checkpoints import CheckpointError, shell_model
+from medmamba_jax import extras
+from medmamba_jax.checkpoints import CheckpointError, ModelCard, shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
@@ -107,14 +108,9 @@ def jax_path_to_torch(path: str) -> tuple[str, Callable] | None:
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            "Reading or writing PyTorch .pth files needs PyTorch, which is not installed. "
-            "Install it with `pip install torch` (the CPU build is enough)."
-        ) from err
-    return torch
+    # The CPU build is enough: pip's default on Linux is a CUDA build, gigabytes larger.
+    install = extras.install_command("torch") + " --extra-index-url https://download.pytorch.org/whl/cpu"
+    return extras.require("torch", "Reading or writing PyTorch .pth files", install)
 
 
 # What training scripts commonly save beside the weights (upstream's best accuracy is a NumPy
@@ -339,22 +335,35 @@ def from_torch(
     scan_impl: str = "auto",
     drop_path_rate: float = 0.1,
     seed: int = 0,
+    image_size: int | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> MedMamba:
     """Builds a MedMamba from an upstream ``.pth`` file or state dict.
 
     The architecture (depths, dims, d_state, num_classes, in_chans) is inferred from
     the tensor shapes. BatchNorm running statistics are loaded too. The model is
-    returned in eval mode.
+    returned in eval mode. ``model.card`` records upstream's preprocessing, the input side
+    ``image_size`` the weights were trained at and the class names ``label_names`` (one per
+    output) when given; ``save_model`` writes it into model_config.json.
     """
     if isinstance(path_or_state_dict, Mapping):
         state_dict = _as_numpy_state_dict(path_or_state_dict, "state dict")
     else:
         state_dict = load_torch_state_dict(path_or_state_dict)
     config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
+    _check_card_arguments(config, image_size, label_names)
     model = shell_model(config, seed)
     load_state_dict_into(model, state_dict)
     model.eval()
+    model.card = ModelCard.upstream(config.in_chans, image_size, label_names)
     return model
+
+
+def _check_card_arguments(config: MedMambaConfig, image_size: int | None, label_names: Sequence[str] | None) -> None:
+    if image_size is not None and image_size < config.min_image_size:
+        raise ValueError(f"image_size {image_size} is below this model's minimum, {config.min_image_size}")
+    if label_names is not None and len(label_names) != config.num_classes:
+        raise ValueError(f"{len(label_names)} label names for a model with {config.num_classes} outputs")
 
 
 def to_numpy_state_dict(model: MedMamba) -> dict[str, np.ndarray]:

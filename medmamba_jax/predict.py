@@ -1,7 +1,7 @@
 r"""Classify image files (PNG, JPEG, DICOM) with a trained workdir or a converted checkpoint.
 
-    python -m medmamba_jax.predict --workdir runs/pathmnist scan1.png scan2.dcm
-    python -m medmamba_jax.predict --checkpoint converted/ --image-size 224 --labels a,b,c img.jpg
+    medmamba predict --workdir runs/pathmnist scan1.png scan2.dcm
+    medmamba predict --checkpoint converted/ img.jpg
 
 Prints one JSON line per image: its top-k class names and probabilities. Each file is
 converted the way training saw its dataset (channels, stored size, then the eval

@@ -137,7 +137,7 @@ def test_a_non_medmamba_state_dict_is_named(tmp_path):
 
 def test_missing_torch_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match="pip install torch"):
+    with pytest.raises(ImportError, match=r'pip install "medmamba-jax\[torch\]"'):
         load_torch_state_dict(DATA / "tiny.pth")
 
 
@@ -187,7 +187,7 @@ def test_convert_command_fails_cleanly(tmp_path, capsys, state_dict):
     assert convert.main([str(DATA / "tiny.pth"), str(bad / "sub")]) == 1  # an output below a file
     assert "is a file, not a directory" in capsys.readouterr().err
     assert convert.main([str(tmp_path), str(tmp_path / "out")]) == 1
-    assert "is a directory, not a .pth file" in capsys.readouterr().err
+    assert "is a directory but not a train.py workdir" in capsys.readouterr().err
 
 
 def test_a_pickled_whole_model_asks_for_its_state_dict(tmp_path):

@@ -166,7 +166,7 @@ def _hints() -> list[tuple[str, str]]:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name)) as f:
                     text = f.read()
-                found += [(name, m) for m in re.findall(r"(python -m [a-z_][a-z0-9_.]*|pip install [^`'\"\n)]+)", text)]
+                found += [(name, m) for m in re.findall(r"(python -m [a-z_][a-z0-9_.]*|pip install [^`'\n)]+)", text)]
     return found
 
 
@@ -186,8 +186,10 @@ def test_every_suggested_command_works_in_the_readme_environment():
     assert hints, "the scan found no hints at all: the pattern is broken"
     for where, hint in hints:
         if hint.startswith("python -m "):
-            module = hint.split()[2]
+            module = hint.split()[2].rstrip(".")  # a sentence may end right after it
             assert importlib.util.find_spec(module) is not None, f"{where} suggests {hint!r}: no module {module}"
         else:
-            for requirement in hint.split()[2:]:
-                assert _installed(requirement.strip('"')), f"{where} suggests {hint!r}, not installed here"
+            requirements = [word.strip('"') for word in hint.split()[2:] if not word.startswith("-")]
+            assert requirements, f"{where} suggests {hint!r}: no package named"
+            for requirement in requirements:
+                assert _installed(requirement), f"{where} suggests {hint!r}, not installed here"

@@ -1,9 +1,10 @@
 """What every analysis command shares: loading the model, and turning bad input into one line.
 
 A model comes from a training workdir (``--workdir W``: weights, config, dataset and
-class names) or from a converted upstream checkpoint (``--checkpoint DIR`` written by
-``python -m medmamba_jax.convert``), which carries no dataset, so its input size and
-class names are given with ``--image-size`` and ``--labels``.
+class names) or from a model directory (``--checkpoint DIR`` written by ``medmamba convert``),
+which carries no dataset; its model_config.json records its input size and class names
+(``checkpoints.ModelCard``), or, for one converted without them, ``--image-size`` and
+``--labels`` give them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import contextlib
 import dataclasses
 import os
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
 
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import expected_errors
+
+if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should not wait for
+    from medmamba_jax.checkpoints import ModelCard
 
 
 class ToolError(Exception):
@@ -41,6 +45,15 @@ class Loaded:
     checkpoint: str = ""  # which of a workdir's checkpoints was loaded: "best" or "latest"
     checkpoint_step: int = -1
     upstream_decoding: bool = False  # decode files as the released PyTorch code does (see image_files.to_stored)
+
+    def card(self) -> ModelCard:
+        """The model card that makes a model directory of this model feed and name it as here."""
+        from medmamba_jax.checkpoints import ModelCard
+        from medmamba_jax.data.transforms import MEAN, STD
+
+        return ModelCard(self.image_size, self.stored_size, self.stored_channels, (MEAN,) * self.in_chans,
+                         (STD,) * self.in_chans, "upstream" if self.upstream_decoding else "dataset",
+                         tuple(self.label_names), self.task)
 
     @property
     def multi_label(self) -> bool:
@@ -67,6 +80,7 @@ class Loaded:
                               progress=progress)
 
 
+UPSTREAM_IMAGE_SIZE = 224  # the released weights' training resolution
 INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (SIGINT)
 
 
@@ -85,10 +99,14 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 
 def parser_for(module: str, doc: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m MODULE``: the docstring's first paragraph as its description,
-    the rest (usage examples) as its epilog."""
+    """The parser of ``python -m MODULE`` (named ``medmamba TOOL`` when that command runs it): the
+    docstring's first paragraph as its description, the rest (usage examples) as its epilog."""
     first, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=first, epilog=rest,
+    program = sys.argv[0] if sys.argv else ""
+    via_medmamba = (os.path.basename(program) == "medmamba"
+                    or program.endswith(os.path.join("medmamba_jax", "__main__.py")))
+    prog = f"medmamba {module.rsplit('.', 1)[-1]}" if via_medmamba else f"python -m {module}"
+    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -136,11 +154,17 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="which checkpoint of the workdir (default: best)")
     if checkpoint_ok:
-        source.add_argument("--checkpoint", help="converted upstream checkpoint directory "
-                            "(python -m medmamba_jax.convert); needs --image-size and --labels")
-        parser.add_argument("--image-size", type=int_at_least(8), default=224, help="model input size for --checkpoint")
-        parser.add_argument("--labels", help="class names for --checkpoint: comma-separated, "
-                            "or a text file with one name per line (default: class_0, class_1, ...)")
+        source.add_argument("--checkpoint", help="model directory written by medmamba convert; it records "
+                            "its input size and class names, unless converted without them")
+        add_card_args(parser, "for --checkpoint (default: the checkpoint's; else 224)",
+                      "for --checkpoint (default: the checkpoint's; else class_0, class_1, ...)")
+
+
+def add_card_args(parser: argparse.ArgumentParser, size_default: str, labels_default: str) -> None:
+    """``--image-size`` and ``--labels``: what a model directory records (checkpoints.ModelCard)."""
+    parser.add_argument("--image-size", type=int_at_least(8), help=f"model input side {size_default}")
+    parser.add_argument("--labels", help="class names, comma-separated or a text file with one name per line, "
+                        + labels_default)
 
 
 def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0, split_default: str | None = "test") -> None:
@@ -205,26 +229,35 @@ def _dataset_errors(config: ml_collections.ConfigDict, data_dir_given: bool) -> 
         raise ToolError(f"{str(err).splitlines()[0]}{hint}") from err
 
 
-def _label_names(labels: str | None, num_classes: int) -> list[str]:
-    if not labels:
-        return [f"class_{i}" for i in range(num_classes)]
+def parse_labels(labels: str, num_classes: int | None = None) -> list[str]:
+    """``--labels``: comma-separated names, or a text file with one name per line; ToolError
+    unless they are distinct, non-empty and (if given) ``num_classes`` of them."""
     if os.path.isfile(labels):
         with open(labels) as f:
             names = [line.strip() for line in f if line.strip()]
     else:
         names = [name.strip() for name in labels.split(",")]
-    if len(names) != num_classes:
+    if num_classes is not None and len(names) != num_classes:
         raise ToolError(f"--labels gives {len(names)} names but the checkpoint has {num_classes} classes")
     if "" in names or len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1 and n})
-        raise ToolError(f"--labels must give {num_classes} distinct, non-empty names"
+        raise ToolError(f"--labels must give {len(names)} distinct, non-empty names"
                         + (f"; repeated: {repeated}" if repeated else "; one is empty"))
     return names
 
 
-def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Loaded:
-    """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class."""
+def _label_names(labels: str | None, card: ModelCard, num_classes: int) -> list[str]:
+    """--labels, else the checkpoint's names, else class_0, class_1, ..."""
+    if labels:
+        return parse_labels(labels, num_classes)
+    return list(card.label_names) if card.label_names else [f"class_{i}" for i in range(num_classes)]
+
+
+def from_checkpoint(directory: str, image_size: int | None, labels: str | None) -> Loaded:
+    """A model directory; its inputs and classes as its card records them, or as ``image_size``
+    and ``labels`` (which win) say; without either, RGB at 224 px as upstream reads files."""
     from medmamba_jax.checkpoints import load_model
+    from medmamba_jax.data.transforms import MEAN, STD
 
     if os.path.isfile(directory):
         raise ToolError(f"--checkpoint takes a converted model directory, and {directory} is a file; "
@@ -232,15 +265,21 @@ def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Load
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
     model = load_model(directory)
-    model.eval()
+    card: ModelCard = model.card
     if not model.config.num_classes:
         raise ToolError(f"{directory} holds a model without a classification head (num_classes 0): it gives "
                         "features, not class scores")
+    image_size = image_size or card.image_size or UPSTREAM_IMAGE_SIZE
     if image_size < model.config.min_image_size:
         raise ToolError(f"--image-size {image_size} is below this model's minimum, {model.config.min_image_size}")
-    names = _label_names(labels, int(model.config.num_classes))
-    return Loaded(model, names, "multi-class", int(image_size), int(model.config.in_chans), int(image_size),
-                  upstream_decoding=True)
+    if any(m != MEAN for m in card.mean or ()) or any(s != STD for s in card.std or ()):
+        raise ToolError(f"{directory} normalises inputs with mean {card.mean} and std {card.std}; "
+                        f"medmamba-jax feeds models mean {MEAN}, std {STD} only")
+    names = _label_names(labels, card, int(model.config.num_classes))
+    upstream = card.decoding == "upstream"
+    stored_size = image_size if upstream or not card.stored_size else card.stored_size
+    return Loaded(model, names, card.task, int(image_size), card.channels or int(model.config.in_chans),
+                  int(stored_size), upstream_decoding=upstream)
 
 
 def resolve_split(split: str) -> str:

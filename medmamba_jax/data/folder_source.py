@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from medmamba_jax import extras
 from medmamba_jax.data import image_files
 from medmamba_jax.data.errors import DataError
 
@@ -33,9 +34,11 @@ def _hidden(name: str) -> bool:
 def _builder(root: str):
     # ImageFolder lists and decodes files with TensorFlow; keep its logging quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow_datasets as tfds
+    return _tfds().ImageFolder(root)
 
-    return tfds.ImageFolder(root)
+
+def _tfds():
+    return extras.require("tensorflow_datasets", "Image-folder datasets", extras.install_command("folders"))
 
 
 def _class_names(root: str, split: str) -> list[str]:
@@ -112,8 +115,7 @@ def _decode_split(root: str, split: str, names: list[str], image_size: int) -> t
     builder = _builder(root)
     if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
         return [], []  # tfds cannot make a dataset of an empty split
-    import tensorflow_datasets as tfds
-
+    tfds = _tfds()
     tfds_names = builder.info.features["label"].names
     encoded = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     images, labels = [], []

@@ -17,6 +17,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medmamba_jax import extras
+
 # DICOM files have no reliable extension, so they are also recognised by their magic bytes.
 _DICOM_MAGIC_OFFSET, _DICOM_MAGIC = 128, b"DICM"
 
@@ -82,7 +84,7 @@ def _voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float] | None:
 
 
 def _read_dicom(path: str) -> Image.Image:
-    import pydicom
+    pydicom = extras.require("pydicom", "Reading DICOM files", extras.install_command("dicom"))
 
     try:
         ds = pydicom.dcmread(path)

@@ -1,4 +1,6 @@
-"""MedMNIST through the ``medmnist`` package: official file names, splits, labels and MD5s.
+"""MedMNIST files, named by the ``medmnist`` package's dataset table: official file names, splits,
+labels and MD5s. The ``.npz`` files are read here, so torch (which medmnist's ``Dataset`` classes
+import) is never needed.
 
 Files are ``{data_dir}/{flag}.npz`` at size 28 and ``{data_dir}/{flag}_{size}.npz`` otherwise,
 each with ``{split}_images`` (N, H, W[, 3]) uint8 and ``{split}_labels`` (N, L) arrays.
@@ -15,21 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from medmamba_jax import extras
 from medmamba_jax.data.errors import DataError
 
 SIZES = (28, 64, 128, 224)
 
 
-def _medmnist():
-    # medmnist imports torch through its Dataset base class; only pay for it when used.
-    import medmnist
-
-    return medmnist
-
-
 def info(flag: str) -> dict[str, Any]:
     """medmnist.INFO[flag] for a 2D dataset, or a DataError naming the valid flags."""
-    all_info = _medmnist().INFO
+    all_info = extras.medmnist().INFO
     flags_2d = sorted(f for f, i in all_info.items() if not i["python_class"].endswith("3D"))
     if flag not in flags_2d:
         raise DataError(f"unknown dataset {flag!r}: use 'folder' or a 2D MedMNIST flag, one of {flags_2d}")
@@ -117,9 +113,8 @@ def load(flag: str, size: int, data_dir: str, split: str, fetch: bool) -> tuple[
 def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.ndarray, np.ndarray]:
     entry = info(flag)
     try:
-        # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
-        dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
-        images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
+        with np.load(path) as arrays:  # the split's two arrays only: the others stay unread
+            images, labels = arrays[f"{split}_images"], np.asarray(arrays[f"{split}_labels"], np.int64)
     # Missing, truncated, not a zip; IndexError and TypeError: a bare array saved under the name.
     except (OSError, KeyError, ValueError, EOFError, IndexError, TypeError, zipfile.BadZipFile) as err:
         advice = "" if fetch else " (or pass --config.download=True to replace it)"

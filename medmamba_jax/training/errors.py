@@ -35,6 +35,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     this module (the config does) should not.
     """
     from medmamba_jax.data.errors import DataError
+    from medmamba_jax.extras import MissingExtra
     from medmamba_jax.params import CheckpointError
 
-    return (DataError, ConfigError, TrainingError, CheckpointError, FileNotFoundError)
+    return (DataError, ConfigError, TrainingError, CheckpointError, FileNotFoundError, MissingExtra)
