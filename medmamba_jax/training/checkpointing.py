@@ -79,7 +79,8 @@ def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints", kind), options=options)
 
-    return {"latest": manager("latest", 2), "best": manager("best", 1)}
+    with orbax_quiet():  # a damaged checkpoint's metadata is reported when it is restored
+        return {"latest": manager("latest", 2), "best": manager("best", 1)}
 
 
 def free_disk_bytes(path: str) -> int:
@@ -216,11 +217,10 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
         try:
             with orbax_quiet():
                 meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-            model_state, opt_state = templates(meta)
-            items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
-            if opt_state is not None:
-                items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
-            with orbax_quiet():
+                model_state, opt_state = templates(meta)
+                items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
+                if opt_state is not None:
+                    items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
                 restored = manager.restore(step, args=ocp.args.Composite(**items))
         except ConfigError:
             raise
