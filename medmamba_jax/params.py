@@ -8,6 +8,7 @@ direction. Every key that fails is collected before one error is raised.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence
@@ -225,15 +226,18 @@ def _strip_prefix(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.nd
 def infer_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MedMambaConfig:
     """Depths, dims, d_state, classes, channels and patch size from the tensor shapes.
 
-    A stage is any ``layers.<i>.`` prefix, and one more after a stage with a patch merging;
-    one without blocks (depth 0) takes its width from its patch merging, or from a
-    neighbour's, since each stage doubles the one before."""
-    depth_of: dict[int, int] = {}
+    A stage is any ``layers.<i>.`` prefix, and one more after a stage with a patch merging; its
+    depth is its number of blocks numbered from 0 without a gap (keys after a gap are left for
+    ``load_state_dict_into`` to report as unexpected); one without blocks (depth 0) takes its
+    width from its patch merging, or from a neighbour's, since each stage doubles the one before."""
+    blocks_of: dict[int, set[int]] = {}
     for key in state_dict:
         stage = re.match(r"layers\.(\d+)\.(?:blocks\.(\d+)\.)?", key)
         if stage:
-            blocks = int(stage[2]) + 1 if stage[2] is not None else 0
-            depth_of[int(stage[1])] = max(depth_of.get(int(stage[1]), 0), blocks)
+            blocks_of.setdefault(int(stage[1]), set()).update([int(stage[2])] if stage[2] is not None else [])
+    # A stage's depth counts its blocks from 0 up to the first missing one: a stray key such as
+    # layers.0.blocks.200.* is then reported as unexpected, not built into a 200-block stage.
+    depth_of = {s: next(i for i in itertools.count() if i not in blocks) for s, blocks in blocks_of.items()}
     if any(".blocks." in key for key in state_dict) and not any(".self_attention." in key for key in state_dict):
         raise CheckpointError("not a MedMamba state dict: its blocks have no SS2D ('self_attention') weights")
     if not depth_of or "patch_embed.proj.weight" not in state_dict:

@@ -63,11 +63,20 @@ def _with_resolved_config(argv: Sequence[str]) -> list[str]:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl flag parsing, with ml_collections' traceback for an unknown --config.KEY made one line."""
+    """absl flag parsing, with ml_collections' traceback for an unknown --config.KEY, or a config
+    file that is missing or fails to load, made one line."""
     try:
-        return flags.FLAGS(_with_resolved_config(argv))
+        parsed = flags.FLAGS(_with_resolved_config(argv))
+        config_file = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+        if not os.path.isfile(config_file):
+            print(f"error: config file {config_file} not found", file=sys.stderr)
+            sys.exit(1)
+        flags.FLAGS.config  # noqa: B018 - ml_collections loads the file here, on first use
+        return parsed
     except flags.Error as err:
         print(f"error: {err}", file=sys.stderr)
+    except OSError as err:  # ml_collections' report of a config file that failed to load, over several lines
+        print(f"error: --config: {' '.join(str(err).split())}", file=sys.stderr)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         detail = " ".join(str(err).encode().decode("unicode_escape").replace("'", "").split())
         print(f"error: bad --config override: {detail}", file=sys.stderr)
@@ -78,13 +87,15 @@ def _train(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint operation at INFO
+    from medmamba_jax.analysis.cli import ToolError, writable_dir
     from medmamba_jax.training.errors import expected_errors
     from medmamba_jax.training.preemption import EXIT_STATUS, Preempted
     from medmamba_jax.training.train import train_and_evaluate
 
     try:
+        writable_dir(flags.FLAGS.workdir, "--workdir")  # before the data loads
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except expected_errors() as err:
+    except (ToolError, *expected_errors()) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except Preempted as stopped:

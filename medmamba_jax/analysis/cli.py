@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should no
     from medmamba_jax.checkpoints import ModelCard
 
 
+# --checkpoint's largest --image-size: 4.6x the side (21x the pixels) of the released 224 models;
+# a far larger side left predict computing for hours instead of answering.
+MAX_IMAGE_SIZE = 1024
+
+
 class ToolError(Exception):
     """Bad input to a command; ``str(err)`` is shown to the user as one line."""
 
@@ -259,6 +264,9 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None) 
     from medmamba_jax.checkpoints import load_model
     from medmamba_jax.data.transforms import MEAN, STD
 
+    if image_size > MAX_IMAGE_SIZE:
+        raise ToolError(f"--image-size {image_size} is above {MAX_IMAGE_SIZE}, the largest input these tools run "
+                        "(the cost grows with its square; the released models take 224)")
     if os.path.isfile(directory):
         raise ToolError(f"--checkpoint takes a converted model directory, and {directory} is a file; "
                         f"convert it first: python -m medmamba_jax.convert {directory} DIR")
@@ -303,15 +311,20 @@ def load_split(loaded: Loaded, split: str, limit: int | None = None):
     return images, labels
 
 
-def writable_dir(path: str) -> str:
-    """``path`` with ~ expanded, if it is a directory or can become one; ToolError otherwise."""
+def writable_dir(path: str, what: str = "output") -> str:
+    """``path`` with ~ expanded, if it is a directory this user can write in or can create;
+    ToolError otherwise, naming ``what`` the directory is for."""
     path = os.path.expanduser(path)
-    existing = path
-    while existing and not os.path.exists(existing):  # the nearest part of the path that exists
-        existing = os.path.dirname(existing.rstrip(os.sep))
-    if existing and not os.path.isdir(existing):
-        where = "" if existing == path else f" ({existing} is)"
-        raise ToolError(f"output {path} is a file, not a directory{where}")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the nearest part of the path that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == os.path.abspath(path) else f" ({existing} is)"
+        raise ToolError(f"{what} {path} is a file, not a directory{where}")
+    # effective_ids: the user a setuid or seteuid process writes as; a read-only mount fails for root too.
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        where = "" if existing == os.path.abspath(path) else f" ({existing} is)"
+        raise ToolError(f"{what} {path} cannot be written: it is read-only to this user{where}")
     return path
 
 

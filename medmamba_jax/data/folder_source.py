@@ -10,11 +10,15 @@ becomes one (N, image_size, image_size, 3) uint8 array like a MedMNIST split.
 Hidden names (``.ipynb_checkpoints/``, macOS's ``._scan.png``) are neither classes nor
 images. tfds reads only .png, .jpg and .jpeg files directly inside a class folder: other
 files there (in subfolders, .bmp, .tif, DICOM...) are named in a warning, not silently lost.
+A name tfds would read that is no regular file (a FIFO, which would block the read forever,
+a dangling symlink, a symlink loop, a folder) is refused, naming it, before anything is read.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 
 import numpy as np
@@ -31,14 +35,17 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _builder(root: str):
-    # ImageFolder lists and decodes files with TensorFlow; keep its logging quiet.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return _tfds().ImageFolder(root)
-
-
 def _tfds():
+    """tensorflow_datasets (the ``folders`` extra), imported with TensorFlow's C++ logging off: a
+    file it cannot read is reported as one DataError, and its log lines (level 2 still shows
+    errors) would precede it."""
+    if "tensorflow" not in sys.modules:  # TensorFlow reads it as it loads; importing JAX has set it to 1
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return extras.require("tensorflow_datasets", "Image-folder datasets", extras.install_command("folders"))
+
+
+def _builder(root: str):
+    return _tfds().ImageFolder(root)
 
 
 def _class_names(root: str, split: str) -> list[str]:
@@ -59,6 +66,37 @@ def _unread_files(split_dir: str, classes: list[str]) -> list[str]:
             unread += [os.path.relpath(os.path.join(folder, f), split_dir) for f in files
                        if not _hidden(f) and (folder != class_dir or not f.lower().endswith(READ_EXTENSIONS))]
     return sorted(unread)
+
+
+def _kind(path: str) -> str:
+    """What a path that is not a regular file is, in words."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        return "a dangling symlink" if os.path.islink(path) else err.strerror
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _check_regular_files(split_dir: str) -> None:
+    """Refuses the names tfds would read under split_dir/<any folder>/ (hidden ones too: it reads
+    them, and only then are they skipped) that are not regular files, before tfds opens one."""
+    if not os.path.isdir(split_dir):
+        return
+    odd = []
+    for folder in sorted(os.listdir(split_dir)):
+        class_dir = os.path.join(split_dir, folder)
+        if os.path.isdir(class_dir):
+            odd += [f"{os.path.join(folder, name)} ({_kind(os.path.join(class_dir, name))})"
+                    for name in sorted(os.listdir(class_dir))
+                    if name.lower().endswith(READ_EXTENSIONS) and not os.path.isfile(os.path.join(class_dir, name))]
+    if odd:
+        examples = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
+        raise DataError(f"image folder {split_dir}: {len(odd)} image name{'s' * (len(odd) != 1)} not a regular file "
+                        f"({examples}); remove or replace {'them' if len(odd) != 1 else 'it'}")
 
 
 def _warn_unread(split_dir: str, unread: list[str]) -> None:
@@ -99,6 +137,7 @@ def load(root: str, split: str, image_size: int, names: list[str] | None = None)
     unknown = sorted(set(present) - set(names))
     if unknown:
         raise DataError(f"image folder {split_dir} has classes {unknown} outside the training classes {names}")
+    _check_regular_files(split_dir)
     _warn_unread(split_dir, _unread_files(split_dir, present))
     images, labels = _decode_split(root, split, names, image_size)
     if not labels:
@@ -112,20 +151,30 @@ def load(root: str, split: str, image_size: int, names: list[str] | None = None)
 
 def _decode_split(root: str, split: str, names: list[str], image_size: int) -> tuple[list[np.ndarray], list[int]]:
     """The split's images, stored as training reads them, and their indices into ``names``."""
-    builder = _builder(root)
+    tfds = _tfds()
+    builder = tfds.ImageFolder(root)
     if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
         return [], []  # tfds cannot make a dataset of an empty split
-    tfds = _tfds()
     tfds_names = builder.info.features["label"].names
     encoded = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     images, labels = [], []
-    for example in tfds.as_numpy(encoded):
-        name, label = example["image/filename"].decode(), tfds_names[example["label"]]
-        if _hidden(label) or _hidden(os.path.basename(name)):
-            continue
-        try:
+    try:
+        for example in tfds.as_numpy(encoded):
+            name, label = example["image/filename"].decode(), tfds_names[example["label"]]
+            if _hidden(label) or _hidden(os.path.basename(name)):
+                continue
             images.append(image_files.to_stored(image_files.decode(example["image"], name), 3, image_size))
-        except image_files.ImageReadError as err:
-            raise DataError(str(err)) from None
-        labels.append(names.index(label))
+            labels.append(names.index(label))
+    except image_files.ImageReadError as err:
+        raise DataError(str(err)) from None
+    except _tf_errors() as err:  # a file that changed since it was listed, say
+        # The first line ends with the file and the reason, after the names of the ops it went through.
+        reason = err.message.splitlines()[0].rpartition(": ")[2]
+        raise DataError(f"image folder {os.path.join(root, split)}: cannot read {reason}") from None
     return images, labels
+
+
+def _tf_errors() -> type[Exception]:
+    import tensorflow as tf
+
+    return tf.errors.OpError

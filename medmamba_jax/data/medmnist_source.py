@@ -128,7 +128,7 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int, path: str, split: str) -> None:
     """The split's arrays are what the official files hold: uint8 (N, size, size, C) images,
-    and (N, 1) class indices or (N, labels) 0/1 multi-label targets. C may differ from the
+    and (N, 1) class indices or (N, labels) 0/1 multi-label targets, N > 0. C may differ from the
     published channels (a set saved in colour, say): training checks it against in_chans."""
     n_labels = len(entry["label"])
     multi_label = entry["task"].startswith("multi-label")
@@ -145,6 +145,8 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int
     if problems:
         raise DataError(f"{path} {split}: {'; '.join(problems)}, so it is not the official MedMNIST file "
                         f"{entry['python_class']} at size {size}; delete it and download it again")
+    if not len(images):  # found here, before training, not by the validation or test after it
+        raise DataError(f"{path} holds no {split} images; every split (train, val, test) needs some")
     upper = 1 if multi_label else n_labels - 1
     if labels.size and (labels.min() < 0 or labels.max() > upper):
         raise DataError(

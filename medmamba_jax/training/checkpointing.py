@@ -28,16 +28,21 @@ checkpoint only once it is complete, so a killed run never leaves a half-written
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 from medmamba_jax.checkpoints import restore_targets, shell_model
@@ -47,6 +52,8 @@ from medmamba_jax.training.errors import ConfigError, TrainingError
 
 KINDS = ("latest", "best")
 DATASET_FILE = "dataset.json"
+# Besides the arrays, Orbax writes metadata files (tens of kilobytes per item) and a manifest.
+METADATA_BYTES = 1 << 20
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -72,22 +79,84 @@ def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints", kind), options=options)
 
-    return {"latest": manager("latest", 2), "best": manager("best", 1)}
+    with orbax_quiet():  # a damaged checkpoint's metadata is reported when it is restored
+        return {"latest": manager("latest", 2), "best": manager("best", 1)}
 
 
-def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt_state=None) -> None:
-    """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps)."""
+def free_disk_bytes(path: str) -> int:
+    """Bytes free to this user on the filesystem holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt_state=None,
+         free_bytes: Callable[[str], int] = free_disk_bytes) -> None:
+    """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps).
+    A disk without room for it is a one-line TrainingError naming the bytes needed, raised before
+    writing when ``free_bytes(directory)`` shows too little room, and after a write that ran out."""
+    directory = str(manager.directory)
+    needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves((model_state, opt_state))) + METADATA_BYTES
+    if (free := free_bytes(directory)) < needed:
+        raise TrainingError(_no_space(directory, step, needed, free))
     items = {"model": ocp.args.StandardSave(model_state), "meta": ocp.args.JsonSave(meta)}
     if opt_state is not None:
         items["opt"] = ocp.args.StandardSave(opt_state)
-    with interrupts_deferred("finishing the checkpoint being written"):
+    with interrupts_deferred("finishing the checkpoint being written"), orbax_quiet():
         if step in manager.all_steps():
             manager.delete(step)
-        saved = manager.save(step, args=ocp.args.Composite(**items))
-        manager.wait_until_finished()
+        try:
+            saved = manager.save(step, args=ocp.args.Composite(**items))
+            manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - Orbax wraps the OSError in its own types
+            if not _is_disk_full(err):
+                raise
+            raise TrainingError(_no_space(directory, step, needed, free_bytes(directory))) from None
     if not saved:  # Orbax skips, without an error, a step older than its newest one
         raise TrainingError(f"checkpoint step {step} was not written: {manager.directory} already holds "
                             f"step {manager.latest_step()}")
+
+
+def _no_space(directory: str, step: int, needed: int, free: int) -> str:
+    return (f"no space left on the disk of {directory} for checkpoint step {step}: it needs about {needed:,} bytes "
+            f"and {free:,} are free; free some space and run the same command to resume")
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an OSError, or TensorStore's ValueError quoting one) is a full disk or quota."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, OSError):
+        return err.errno in codes
+    return any(f"os_error_code='{code}'" in str(err) for code in codes)
+
+
+@contextlib.contextmanager
+def orbax_quiet() -> Iterator[None]:
+    """Keeps Orbax from logging a traceback per array for a checkpoint operation that fails, which
+    the caller reports in one line instead. Such a failure abandons TensorStore reads or writes
+    whose completions, arriving later, find their event loop closed; those are dropped too."""
+    _drop_closed_loop_echoes()
+    logger = absl_logging.get_absl_logger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _drop_closed_loop_echoes() -> None:
+    """Installs (once) a ``sys.unraisablehook`` that drops the "Event loop is closed" errors of the
+    TensorStore completions an abandoned Orbax operation leaves behind, and passes on the rest."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_echoes", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_echoes = True
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
@@ -142,15 +211,17 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     into, or raise ConfigError for a checkpoint of something else. An unreadable checkpoint
     is reported on stderr and the previous one is tried.
     """
-    steps = sorted(manager.all_steps(), reverse=True)
+    with orbax_quiet():
+        steps = sorted(manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         try:
-            meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-            model_state, opt_state = templates(meta)
-            items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
-            if opt_state is not None:
-                items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            with orbax_quiet():
+                meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                model_state, opt_state = templates(meta)
+                items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
+                if opt_state is not None:
+                    items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
+                restored = manager.restore(step, args=ocp.args.Composite(**items))
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure means: this checkpoint is unusable
@@ -225,7 +296,9 @@ def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
             models.append(shell_model(MedMambaConfig.from_dict(meta["model_config"])))
             return nnx.state(models[-1]), None
 
-        restored = restore(ocp.CheckpointManager(os.path.abspath(directory)), templates)
+        with orbax_quiet():
+            manager = ocp.CheckpointManager(os.path.abspath(directory))
+        restored = restore(manager, templates)
         if restored is None:
             continue
         model, step = models[-1], int(restored[2]["step"])
@@ -235,4 +308,8 @@ def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
             print(f"warning: {os.path.join(workdir, 'checkpoints', which)} holds no readable checkpoint; "
                   f"using the latest one (step {step})", file=sys.stderr)
         return Trained(model, config, kind, step)
-    raise NoCheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with train.py")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if any(steps_on_disk(workdir, kind) for kind in kinds):
+        raise NoCheckpointError(f"no checkpoint in {checkpoints} can be read (see the warnings above): they are "
+                                "damaged; restore them from a backup, or train again in another --workdir")
+    raise NoCheckpointError(f"no checkpoint in {checkpoints}; train first with train.py")

@@ -107,7 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.learning_rate > 0 and config.lr_gamma > 0 and config.weight_decay >= 0,
          f"learning_rate and lr_gamma must be > 0 and weight_decay >= 0, got {config.learning_rate}, "
          f"{config.lr_gamma} and {config.weight_decay}"),
-        (config.seed >= 0, f"seed must be >= 0 (it seeds NumPy's data order), got {config.seed}"),
+        (0 <= config.seed < 2**32, f"seed must be in [0, 2**32) (it seeds NumPy and JAX), got {config.seed}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -31,11 +31,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (their message is the explanation), not a bug.
 
     train.py and the analysis commands turn these into one ``error:`` line and exit
-    status 1. Imported on call: CheckpointError's module loads Orbax, which importing
+    status 1. An OSError (a missing file, a read-only or full disk) names its cause and
+    path. Imported on call: CheckpointError's module loads Orbax, which importing
     this module (the config does) should not.
     """
     from medmamba_jax.data.errors import DataError
     from medmamba_jax.extras import MissingExtra
     from medmamba_jax.params import CheckpointError
 
-    return (DataError, ConfigError, TrainingError, CheckpointError, FileNotFoundError, MissingExtra)
+    return (DataError, ConfigError, TrainingError, CheckpointError, OSError, MissingExtra)
