@@ -122,7 +122,7 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
     try:
         # No mmap_mode: NumPy ignores it for .npz archives, which always load into memory.
         dataset = getattr(_medmnist(), entry["python_class"])(split=split, root=os.path.dirname(path), size=size)
-        images, labels = dataset.imgs, np.asarray(dataset.labels, np.int64)
+        images, labels = dataset.imgs, np.asarray(dataset.labels)
     # Missing, truncated, not a zip; IndexError and TypeError: a bare array saved under the name.
     except (OSError, KeyError, ValueError, EOFError, IndexError, TypeError, zipfile.BadZipFile) as err:
         advice = "" if fetch else " (or pass --config.download=True to replace it)"
@@ -131,7 +131,7 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
     if images.ndim == 3:  # grayscale sets store (N, H, W)
         images = images[..., None]
     _check_arrays(images, labels, entry, size, path, split)
-    return images, labels
+    return images, labels.astype(np.int64)
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int, path: str, split: str) -> None:
@@ -144,6 +144,8 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int
     problems = []
     if images.dtype != np.uint8:
         problems.append(f"{images.dtype} images, not uint8")
+    if not np.issubdtype(labels.dtype, np.integer):  # a cast to class indices would truncate -0.7 to 0
+        problems.append(f"{labels.dtype} labels, not integers")
     if images.shape[1:3] != (size, size) or images.shape[3] not in (1, 3):
         problems.append(f"images of shape {images.shape[1:]}, not ({size}, {size}, 1 or 3)")
     if labels.shape[1:] != (label_width,):
