@@ -20,8 +20,28 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def repeated_config_keys(argv) -> list[str]:
+    """The --config.KEY flags given more than once: absl would append a repeated tuple override
+    (``--config.depths='(1,1)'`` twice gives four stages), not replace it."""
+    seen, repeated = set(), []
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.lstrip("-").startswith("config.") and arg.startswith("-"):
+            key = arg.lstrip("-").split("=", 1)[0]
+            if key in seen and key not in repeated:
+                repeated.append(key)
+            seen.add(key)
+    return repeated
+
+
 def parse_flags(argv):
     """absl flag parsing, with ml_collections' traceback for an unknown --config.KEY made one line."""
+    repeated = repeated_config_keys(argv)
+    if repeated:
+        print(f"error: {', '.join('--' + key for key in repeated)} given more than once; give each key once",
+              file=sys.stderr)
+        sys.exit(1)
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:

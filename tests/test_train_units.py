@@ -161,6 +161,13 @@ def test_cli_unknown_config_override_fails(tmp_path):
     assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr
 
 
+def test_cli_repeated_config_override_is_refused_not_concatenated(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.depths=(1,1)", "--config.dims=(8,16)", "--config.depths", "(1,1)")
+    assert result.returncode == 1 and not workdir.exists() and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: --config.depths given more than once; give each key once"
+
+
 def _tensorboard_points(workdir) -> list[tuple[str, int, float]]:
     """(tag, step, value) of every scalar that TensorBoard shows, read with TensorFlow. As in
     TensorBoard's loader, each run directory's event files are read in name order, and a
