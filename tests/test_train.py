@@ -402,3 +402,60 @@ def test_init_from_with_another_head_fine_tunes(reference_run, tiny_config, caps
     source, _ = load_trained(reference_run[0])
     np.testing.assert_array_equal(model.patch_embed.proj.kernel.value, source.patch_embed.proj.kernel.value)
     assert model.head.kernel.value.shape == (16, 2)
+
+
+def _swap_item(workdir, kind: str, step: int, source: str, item: str = "model") -> None:
+    """Puts the ``item`` of checkpoint directory ``source`` in place of that of ``kind``/``step``:
+    a structurally sound checkpoint that restores as other weights, as a flipped bit can."""
+    target = os.path.join(workdir, "checkpoints", kind, str(step), item)
+    shutil.rmtree(target)
+    shutil.copytree(os.path.join(source, item), target)
+
+
+def test_a_checkpoint_whose_weights_differ_from_their_checksum_falls_back(reference_copy, capsys):
+    workdir, _ = reference_copy
+    older, newest = _latest_steps(workdir)
+    _swap_item(workdir, "latest", newest, os.path.join(workdir, "checkpoints", "latest", str(older)))
+    model, _ = load_trained(workdir, "latest")
+    err = capsys.readouterr().err
+    assert f"{newest} is unreadable (its model arrays differ from the checksum recorded when saved" in err
+    assert f"falling back to step {older}" in err
+
+
+def test_a_hand_edited_step_is_not_resumed_from(reference_run, reference_copy, capsys):
+    """A resume at the step the meta claims would delete the later best checkpoint and cut the records."""
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    older, newest = _latest_steps(workdir)
+    meta_file = os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata")
+    meta = json.load(open(meta_file))
+    meta["step"] = 3
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    train_and_evaluate(config, workdir)
+    assert f"{newest} is unreadable (its meta records step 3: altered); falling back to step {older}" in (
+        capsys.readouterr().err)
+    _assert_records_and_results_match(workdir, reference_run[0])
+
+
+def test_a_finished_run_keeps_its_results_when_its_best_checkpoint_is_gone(reference_copy, capsys):
+    from medmamba_jax.training.errors import TrainingError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    results = _tree(workdir)["results.json"]
+    best = os.path.join(workdir, "checkpoints", "best")
+    (step,) = os.listdir(best)
+    _swap_item(workdir, "best", step, os.path.join(workdir, "checkpoints", "latest", str(_latest_steps(workdir)[0])))
+    train_and_evaluate(config, workdir)
+    err = capsys.readouterr().err
+    assert f"warning: the best checkpoint (step {step}) in {best} is missing or unreadable; keeping its test " in err
+    assert "validation metric never finite" not in err
+    assert _tree(workdir)["results.json"] == results
+    shutil.rmtree(best)
+    os.remove(os.path.join(workdir, "results.json"))
+    with pytest.raises(TrainingError, match=rf"best checkpoint \(step {step}\) .* is missing or unreadable, and "
+                                            r".*results.json holds no test results of it"):
+        train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))

@@ -10,7 +10,8 @@ The workdir contract, relied on by the evaluation tools::
                             directory per micro-step, items ``model`` (nnx.state of the
                             MedMamba: Params, BatchStats, RNG state), ``opt`` (optimizer
                             state) and ``meta`` (JSON: step, epoch, best-so-far, model_config,
-                            and an epoch's train scalars while it awaits validation)
+                            and an epoch's train scalars while it awaits validation, and
+                            ``checksums``: the SHA-256 of each array item, checked on restore)
     W/checkpoints/best/     Orbax CheckpointManager, the one state with the best validation
                             ``config.best_metric``; items ``model`` and ``meta``
     W/results.json          test metrics of the best checkpoint: accuracy, auc, precision,
@@ -20,9 +21,14 @@ The workdir contract, relied on by the evaluation tools::
     W/curves.png            loss, validation metrics and learning rate per epoch, redrawn after each
                             validated epoch and the test (medmamba_jax.analysis.curves)
 
+    W/train.lock            held (flock) by the train.py process using the workdir; names its pid and host
+
 ``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
 Each JSON file is written to a temporary name and renamed, and Orbax finalises a
 checkpoint only once it is complete, so a killed run never leaves a half-written file.
+A checkpoint whose arrays differ from their checksum (a flipped bit loads as other
+weights), or whose meta names another step than its directory, counts as unreadable; one
+whose weights hold NaN or inf is never written.
 """
 
 from __future__ import annotations
@@ -40,13 +46,15 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from medmamba_jax.checkpoints import restore_targets, shell_model
+from medmamba_jax.checkpoints import (check_finite, describe_nonfinite, digest, host_arrays, nonfinite_names,
+                                      restore_targets, shell_model)
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
 
 KINDS = ("latest", "best")
 DATASET_FILE = "dataset.json"
+RESULTS_FILE = "results.json"
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -75,11 +83,25 @@ def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:
     return {"latest": manager("latest", 2), "best": manager("best", 1)}
 
 
+def last_good(manager: ocp.CheckpointManager) -> str:
+    """The newest checkpoint of ``manager`` as a path, or "none"; ``save`` writes only finite weights."""
+    step = manager.latest_step()
+    return "none" if step is None else os.path.join(str(manager.directory), str(step))
+
+
 def save(manager: ocp.CheckpointManager, step: int, model_state, meta: dict, opt_state=None) -> None:
-    """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps)."""
-    items = {"model": ocp.args.StandardSave(model_state), "meta": ocp.args.JsonSave(meta)}
-    if opt_state is not None:
-        items["opt"] = ocp.args.StandardSave(opt_state)
+    """Saves a checkpoint at ``step``, replacing one already there (a resumed run redoes steps),
+    with the checksum of each array item in its meta. Weights (or optimizer state) holding NaN
+    or inf are not saved: TrainingError names them and the last good checkpoint."""
+    states = {"model": model_state} if opt_state is None else {"model": model_state, "opt": opt_state}
+    arrays = {item: host_arrays(state) for item, state in states.items()}
+    bad = [f"{item}.{name}" for item, listed in arrays.items() for name in nonfinite_names(listed)]
+    if bad:
+        raise TrainingError(f"the state at step {step} is not saved: {describe_nonfinite(bad)}; "
+                            f"last good checkpoint: {last_good(manager)}")
+    meta = {**meta, "checksums": {item: digest(listed) for item, listed in arrays.items()}}
+    items = {item: ocp.args.StandardSave(state) for item, state in states.items()}
+    items["meta"] = ocp.args.JsonSave(meta)
     with interrupts_deferred("finishing the checkpoint being written"):
         if step in manager.all_steps():
             manager.delete(step)
@@ -151,6 +173,7 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
             if opt_state is not None:
                 items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
             restored = manager.restore(step, args=ocp.args.Composite(**items))
+            _verify(restored, list(items), meta, step)
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure means: this checkpoint is unusable
@@ -163,6 +186,18 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     return None
 
 
+def _verify(restored, items: list[str], meta: dict, step: int) -> None:
+    """ValueError if the restored checkpoint at ``step`` is not what was saved there: its
+    meta names another step (a resume there would cut the run's records and checkpoints),
+    or an item's arrays differ from their checksum. One saved before checksums has none."""
+    if int(meta.get("step", step)) != step:
+        raise ValueError(f"its meta records step {meta['step']}: altered")
+    for item in items:
+        expected = meta.get("checksums", {}).get(item)
+        if expected is not None and digest(host_arrays(restored[item])) != expected:
+            raise ValueError(f"its {item} arrays differ from the checksum recorded when saved: damaged or altered")
+
+
 def _read_json(path: str) -> Any:
     """The parsed contents of a JSON file the run wrote; ConfigError for a damaged one."""
     with open(path) as f:
@@ -173,12 +208,18 @@ def _read_json(path: str) -> Any:
                               "in another --workdir") from None
 
 
+def _read_json_if_there(path: str) -> Any:
+    return _read_json(path) if os.path.exists(path) else None
+
+
 def read_dataset_info(workdir: str) -> dict[str, Any] | None:
     """The workdir's dataset.json; None for a workdir trained before it was written."""
-    path = os.path.join(workdir, DATASET_FILE)
-    if not os.path.exists(path):
-        return None
-    return _read_json(path)
+    return _read_json_if_there(os.path.join(workdir, DATASET_FILE))
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+    """The workdir's results.json; None if the run has not written one."""
+    return _read_json_if_there(os.path.join(workdir, RESULTS_FILE))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -197,19 +238,21 @@ class Trained(NamedTuple):
     step: int
 
 
-def load_trained(workdir: str, which: str = "best") -> tuple[MedMamba, ml_collections.ConfigDict]:
+def load_trained(workdir: str, which: str = "best",
+                 allow_nonfinite: bool = False) -> tuple[MedMamba, ml_collections.ConfigDict]:
     """The trained model (in eval mode) and config of a workdir written by train.py.
 
     ``which="best"`` is the best checkpoint by validation ``config.best_metric``; a run
     that never produced a readable one (e.g. killed during its first epoch) falls back to
     'latest', with a warning. Raises NoCheckpointError (a FileNotFoundError) when there is
-    nothing to load. ``load_trained_checkpoint`` also says which checkpoint was loaded.
+    nothing to load, and NonFiniteWeightsError for weights holding NaN or inf unless
+    ``allow_nonfinite``. ``load_trained_checkpoint`` also says which checkpoint was loaded.
     """
-    trained = load_trained_checkpoint(workdir, which)
+    trained = load_trained_checkpoint(workdir, which, allow_nonfinite)
     return trained.model, trained.config
 
 
-def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
+def load_trained_checkpoint(workdir: str, which: str = "best", allow_nonfinite: bool = False) -> Trained:
     """``load_trained``'s model and config, with the kind and step of the checkpoint loaded."""
     if which not in KINDS:
         raise ValueError(f"which must be one of {KINDS}, got {which!r}")
@@ -229,6 +272,8 @@ def load_trained_checkpoint(workdir: str, which: str = "best") -> Trained:
         if restored is None:
             continue
         model, step = models[-1], int(restored[2]["step"])
+        if not allow_nonfinite:
+            check_finite(host_arrays(restored[0]), os.path.join(directory, str(step)))
         nnx.update(model, restored[0])
         model.eval()
         if kind != which:
