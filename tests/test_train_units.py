@@ -5,6 +5,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -282,3 +284,34 @@ def test_a_failed_json_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_
     with pytest.raises(TypeError):
         checkpointing.write_json(path, {"auc": object()})  # as a Ctrl-C midway would stop it
     assert os.listdir(tmp_path) == ["results.json"] and json.load(open(path)) == {"auc": 0.5}
+
+
+_HOLD_LOCK = """
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_workdir_in_use_is_refused_and_a_killed_holders_lock_is_not(tiny_config, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir / "train.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainingError, match=rf"{workdir} is in use by another train.py \(pid {holder.pid} on "):
+            train.train_and_evaluate(tiny_config, str(workdir))
+        assert os.listdir(workdir) == ["train.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with checkpointing.workdir_lock(str(workdir)):  # the kernel released the killed process's lock
+        assert (workdir / "train.lock").read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(TrainingError, match=rf"in use by another train.py \(pid {os.getpid()} on "):
+            with checkpointing.workdir_lock(str(workdir)):
+                pass
+    assert not (workdir / "train.lock").exists()

@@ -21,7 +21,7 @@ The workdir contract, relied on by the evaluation tools::
     W/curves.png            loss, validation metrics and learning rate per epoch, redrawn after each
                             validated epoch and the test (medmamba_jax.analysis.curves)
 
-    W/train.lock            held (flock) by the train.py process using the workdir; names its pid and host
+    W/train.lock            while a run goes on: flock-ed by its process (process 0), naming its pid and host
 
 ``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
 Each JSON file is written to a temporary name and renamed, and Orbax finalises a
@@ -34,15 +34,19 @@ whose weights hold NaN or inf is never written.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -55,6 +59,7 @@ from medmamba_jax.training.errors import ConfigError, TrainingError
 KINDS = ("latest", "best")
 DATASET_FILE = "dataset.json"
 RESULTS_FILE = "results.json"
+LOCK_FILE = "train.lock"
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -72,6 +77,51 @@ def write_json(path: str, value: Any) -> None:
     except BaseException:  # a Ctrl-C or an unserialisable value leaves no stray temporary file
         os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Makes ``workdir`` and holds it for one run: two runs in one workdir overwrite each other's
+    checkpoints and records. Process 0 takes an exclusive flock on W/train.lock, which the
+    kernel releases when the process ends however it ends, so a killed run's lock never
+    blocks a restart; the other processes of a multi-host run learn its outcome before any
+    writes. TrainingError, naming the holder's pid and host, when another run holds it."""
+    fd, holder = _try_lock(workdir) if jax.process_index() == 0 else (None, None)
+    if jax.process_count() > 1:  # every process must reach this broadcast, the one that failed too
+        from jax.experimental import multihost_utils
+
+        if not int(multihost_utils.broadcast_one_to_all(np.int32(holder is None))):
+            holder = holder or "see process 0's error"
+    if holder is not None:
+        raise TrainingError(f"{workdir} is in use by another train.py ({holder}); wait for it to end, "
+                            "or train in another --workdir")
+    try:
+        yield
+    finally:
+        if fd is not None:  # removed while still held, so no process can lock the removed file
+            os.unlink(os.path.join(workdir, LOCK_FILE))
+            os.close(fd)
+
+
+def _try_lock(workdir: str) -> tuple[int | None, str | None]:
+    """(open locked descriptor, None), or (None, what the holder wrote) if another process holds it."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            os.close(fd)
+            return None, holder or "a process that has not yet named itself"
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # locked a file that its holder removed as it ended: lock the one there now
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd, None
 
 
 def managers(workdir: str) -> dict[str, ocp.CheckpointManager]:

@@ -376,15 +376,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         preemption.announce_start(max(checkpointing.steps_on_disk(workdir, "latest"), default=0))
     run = prepare(config)
     check_same_run(config, workdir, run.info)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-    trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
-    try:
-        if jax.process_index() == 0:
-            checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-            checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
-        with preemption.StopNotice() as notice:
-            trainer.fit(notice)
-        return trainer.test()
-    finally:
-        trainer.close()
+    with checkpointing.workdir_lock(workdir):
+        trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
+        try:
+            if jax.process_index() == 0:
+                checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+                checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
+            with preemption.StopNotice() as notice:
+                trainer.fit(notice)
+            return trainer.test()
+        finally:
+            trainer.close()
