@@ -22,10 +22,12 @@ def _convert(argv: Sequence[str] | None) -> int:
     parser = cli.parser_for("medmamba_jax.convert", __doc__)
     parser.add_argument("checkpoint", help="upstream .pth file (torch.save(model.state_dict()))")
     parser.add_argument("out_dir", help="directory to write model_config.json and the Orbax state into")
+    cli.add_allow_nonfinite(parser)
     args = parser.parse_args(argv)
     cli.writable_dir(args.out_dir)
     try:
-        model = from_torch(args.checkpoint)
+        with cli.nonfinite_hint():
+            model = from_torch(args.checkpoint, allow_nonfinite=args.allow_nonfinite)
     except ImportError as err:  # torch is missing: its message says how to install it
         raise cli.ToolError(str(err)) from None
     out = save_model(args.out_dir, model)

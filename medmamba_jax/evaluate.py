@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
     out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{args.split}"))
-    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
+    loaded = cli.load(args)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     if args.bootstrap and len(images) < 2:
         raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {args.split} split gives {len(images)}")

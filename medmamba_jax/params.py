@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medmamba_jax.checkpoints import CheckpointError, shell_model
+from medmamba_jax.checkpoints import CheckpointError, check_finite, shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
@@ -339,17 +339,21 @@ def from_torch(
     scan_impl: str = "auto",
     drop_path_rate: float = 0.1,
     seed: int = 0,
+    allow_nonfinite: bool = False,
 ) -> MedMamba:
     """Builds a MedMamba from an upstream ``.pth`` file or state dict.
 
     The architecture (depths, dims, d_state, num_classes, in_chans) is inferred from
     the tensor shapes. BatchNorm running statistics are loaded too. The model is
-    returned in eval mode.
+    returned in eval mode. Tensors holding NaN or inf raise NonFiniteWeightsError, naming
+    them, unless ``allow_nonfinite``.
     """
     if isinstance(path_or_state_dict, Mapping):
-        state_dict = _as_numpy_state_dict(path_or_state_dict, "state dict")
+        source, state_dict = "state dict", _as_numpy_state_dict(path_or_state_dict, "state dict")
     else:
-        state_dict = load_torch_state_dict(path_or_state_dict)
+        source, state_dict = os.fspath(path_or_state_dict), load_torch_state_dict(path_or_state_dict)
+    if not allow_nonfinite:
+        check_finite(list(state_dict.items()), source)
     config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
     model = shell_model(config, seed)
     load_state_dict_into(model, state_dict)

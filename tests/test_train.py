@@ -366,16 +366,23 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
-    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.checkpoints import NonFiniteWeightsError, save_model
     from medmamba_jax.training import model_init
     from medmamba_jax.training.errors import TrainingError
     from medmamba_jax.training.train import train_and_evaluate
 
     model = model_init.build(tiny_config, 9)
+    kernel = model.patch_embed.proj.kernel.value
     model.head.bias.value = model.head.bias.value * jnp.nan
     save_model(str(tmp_path / "nan_model"), model)
     tiny_config.init_from = str(tmp_path / "nan_model")
     workdir = tmp_path / "run"
+    with pytest.raises(NonFiniteWeightsError, match=r"nan_model: NaN or inf in 1 tensor: head.bias; such a model"):
+        train_and_evaluate(tiny_config, str(workdir))
+    model.head.bias.value = jnp.zeros_like(model.head.bias.value)
+    model.patch_embed.proj.kernel.value = kernel * 1e37  # finite weights whose activations overflow
+    save_model(str(tmp_path / "huge_model"), model)
+    tiny_config.init_from = str(tmp_path / "huge_model")
     with pytest.raises(TrainingError, match=r"loss is nan at step 0 .*last good checkpoint: none"):
         train_and_evaluate(tiny_config, str(workdir))
     assert not (workdir / "results.json").exists()

@@ -243,6 +243,16 @@ def test_a_checkpoint_older_than_the_newest_is_an_error_not_skipped(tmp_path):
         checkpointing.save(manager, 6, {"w": jnp.ones((4,))}, {"step": 6})
 
 
+def test_weights_holding_nan_or_inf_are_never_saved_so_the_last_good_checkpoint_is_finite(tmp_path):
+    manager = checkpointing.managers(str(tmp_path))["latest"]
+    checkpointing.save(manager, 2, {"w": jnp.ones((4,))}, {"step": 2}, {"mu": jnp.zeros((4,))})
+    broken = {"w": jnp.array([1.0, jnp.nan, 0.0, 0.0])}
+    with pytest.raises(TrainingError, match=r"the state at step 3 is not saved: NaN or inf in 2 tensors: model.w, opt.mu; "
+                                            rf"last good checkpoint: {tmp_path}/checkpoints/latest/2$"):
+        checkpointing.save(manager, 3, broken, {"step": 3}, {"mu": jnp.array([jnp.inf] * 4)})
+    assert manager.all_steps() == [2]
+
+
 @pytest.mark.parametrize("ignored", [False, True], ids=["ctrl_c", "ignored_ctrl_c"])
 def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(ignored, tmp_path, capsys):
     """A process started in the background (``cmd &``) ignores Ctrl-C, during a save too."""

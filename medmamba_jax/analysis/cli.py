@@ -140,6 +140,23 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
         parser.add_argument("--image-size", type=int_at_least(8), default=224, help="model input size for --checkpoint")
         parser.add_argument("--labels", help="class names for --checkpoint: comma-separated, "
                             "or a text file with one name per line (default: class_0, class_1, ...)")
+    add_allow_nonfinite(parser)
+
+
+def add_allow_nonfinite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load weights that hold NaN or inf (refused by default: they give NaN scores)")
+
+
+@contextlib.contextmanager
+def nonfinite_hint() -> Iterator[None]:
+    """A NonFiniteWeightsError inside becomes a ToolError that names --allow-nonfinite."""
+    from medmamba_jax.checkpoints import NonFiniteWeightsError
+
+    try:
+        yield
+    except NonFiniteWeightsError as err:
+        raise ToolError(f"{err}; --allow-nonfinite loads it anyway") from None
 
 
 def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0) -> None:
@@ -153,24 +170,28 @@ def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0) -> N
 
 
 def load(args: argparse.Namespace) -> Loaded:
-    """The model and its data description named by ``add_model_args`` options."""
-    if getattr(args, "checkpoint", None):
-        return from_checkpoint(args.checkpoint, args.image_size, args.labels)
-    return from_workdir(args.workdir, args.which)
+    """The model and its data description named by ``add_model_args`` options (and
+    ``add_split_args``' --data-dir, where the command has it)."""
+    with nonfinite_hint():
+        if getattr(args, "checkpoint", None):
+            return from_checkpoint(args.checkpoint, args.image_size, args.labels, args.allow_nonfinite)
+        return from_workdir(args.workdir, args.which, getattr(args, "data_dir", None), args.allow_nonfinite)
 
 
-def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None) -> Loaded:
+def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None,
+                 allow_nonfinite: bool = False) -> Loaded:
     """The trained model of a train.py workdir, with its dataset's class names and task as
     saved in training (W/dataset.json). ``data_dir`` replaces the training config's for every
     later read of the dataset, and for a workdir trained before dataset.json existed, whose
-    class names come from the dataset."""
+    class names come from the dataset. Weights holding NaN or inf are refused unless
+    ``allow_nonfinite``."""
     from medmamba_jax.data import dataset_info
     from medmamba_jax.training.checkpointing import load_trained_checkpoint, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise ToolError(f"workdir {workdir} does not exist")
-    model, config, kind, step = load_trained_checkpoint(workdir, which)
+    model, config, kind, step = load_trained_checkpoint(workdir, which, allow_nonfinite)
     if data_dir:
         with config.unlocked():
             config.data_dir = os.path.expanduser(data_dir)
@@ -219,8 +240,9 @@ def _label_names(labels: str | None, num_classes: int) -> list[str]:
     return names
 
 
-def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Loaded:
-    """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class."""
+def from_checkpoint(directory: str, image_size: int, labels: str | None, allow_nonfinite: bool = False) -> Loaded:
+    """A converted upstream checkpoint; its inputs are RGB at ``image_size``, multi-class.
+    Weights holding NaN or inf are refused unless ``allow_nonfinite``."""
     from medmamba_jax.checkpoints import load_model
 
     if os.path.isfile(directory):
@@ -228,7 +250,7 @@ def from_checkpoint(directory: str, image_size: int, labels: str | None) -> Load
                         f"convert it first: python -m medmamba_jax.convert {directory} DIR")
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
-    model = load_model(directory)
+    model = load_model(directory, allow_nonfinite=allow_nonfinite)
     model.eval()
     if not model.config.num_classes:
         raise ToolError(f"{directory} holds a model without a classification head (num_classes 0): it gives "
