@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medmamba_jax import convert, from_torch, to_torch_state_dict
-from medmamba_jax.checkpoints import NonFiniteWeightsError, load_model, save_model
+from medmamba_jax.checkpoints import load_model, save_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
 from conftest import ROOT
 from numerics import DATA, fresh_rng
@@ -228,6 +228,8 @@ def test_half_precision_state_dicts_load_exactly(state_dict):
 
 
 def test_nonfinite_weights_are_refused_at_conversion_and_load_unless_allowed(state_dict, tmp_path, capsys):
+    from medmamba_jax.checkpoints import NonFiniteWeightsError
+
     broken = dict(state_dict)
     broken["head.weight"] = state_dict["head.weight"].clone()
     broken["head.weight"][0, 0] = float("nan")
