@@ -429,21 +429,22 @@ def test_a_checkpoint_whose_weights_differ_from_their_checksum_falls_back(refere
     assert f"falling back to step {older}" in err
 
 
-def test_a_hand_edited_step_is_not_resumed_from(reference_run, reference_copy, capsys):
+def test_a_hand_edited_step_is_refused_before_anything_is_touched(reference_copy):
     """A resume at the step the meta claims would delete the later best checkpoint and cut the records."""
+    from medmamba_jax.training.errors import ConfigError
     from medmamba_jax.training.train import train_and_evaluate
 
     workdir, config = reference_copy
-    older, newest = _latest_steps(workdir)
+    newest = _latest_steps(workdir)[-1]
     meta_file = os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata")
     meta = json.load(open(meta_file))
     meta["step"] = 3
     with open(meta_file, "w") as f:
         json.dump(meta, f)
-    train_and_evaluate(config, workdir)
-    assert f"{newest} is unreadable (its meta records step 3: altered); falling back to step {older}" in (
-        capsys.readouterr().err)
-    _assert_records_and_results_match(workdir, reference_run[0])
+    before = _tree(workdir)
+    with pytest.raises(ConfigError, match=rf"latest/{newest} records step 3: it was edited or damaged; restore it"):
+        train_and_evaluate(config, workdir)
+    assert _tree(workdir) == before
 
 
 def test_a_finished_run_keeps_its_results_when_its_best_checkpoint_is_gone(reference_copy, capsys):

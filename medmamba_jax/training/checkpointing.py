@@ -20,15 +20,14 @@ The workdir contract, relied on by the evaluation tools::
     W/tensorboard/          TensorBoard event files (train/*, val/*; test/* in the run W/tensorboard/test)
     W/curves.png            loss, validation metrics and learning rate per epoch, redrawn after each
                             validated epoch and the test (medmamba_jax.analysis.curves)
-
     W/train.lock            while a run goes on: flock-ed by its process (process 0), naming its pid and host
 
 ``load_trained(W, which="best" | "latest")`` returns ``(model in eval mode, config)``.
 Each JSON file is written to a temporary name and renamed, and Orbax finalises a
 checkpoint only once it is complete, so a killed run never leaves a half-written file.
 A checkpoint whose arrays differ from their checksum (a flipped bit loads as other
-weights), or whose meta names another step than its directory, counts as unreadable; one
-whose weights hold NaN or inf is never written.
+weights) counts as unreadable; one whose meta names another step than its directory stops
+the run or tool; one whose weights hold NaN or inf is never written.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def write_json(path: str, value: Any) -> None:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str) -> Iterator[None]:
-    """Makes ``workdir`` and holds it for one run: two runs in one workdir overwrite each other's
+    """Holds ``workdir`` (made by process 0 if needed) for one run: two runs in one workdir overwrite each other's
     checkpoints and records. Process 0 takes an exclusive flock on W/train.lock, which the
     kernel releases when the process ends however it ends, so a killed run's lock never
     blocks a restart; the other processes of a multi-host run learn its outcome before any
@@ -211,19 +210,24 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     """(model_state, opt_state, meta) of the newest readable checkpoint, or None if there is none.
 
     ``templates(meta)`` gives the (model_state, opt_state or None) structures to restore
-    into, or raise ConfigError for a checkpoint of something else. An unreadable checkpoint
-    is reported on stderr and the previous one is tried.
+    into, or raise ConfigError for a checkpoint of something else. An unreadable checkpoint,
+    or one whose arrays differ from their checksum, is reported on stderr and the previous
+    one is tried. One whose meta names another step than its directory is a ConfigError: a
+    run resumed there would cut its records and drop its later checkpoints.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         try:
             meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            if meta.get("step", step) != step:
+                raise ConfigError(f"checkpoint {manager.directory}/{step} records step {meta['step']}: it was edited "
+                                  "or damaged; restore it, or move it out of the way to use the one before")
             model_state, opt_state = templates(meta)
             items = {"model": ocp.args.StandardRestore(restore_targets(model_state))}
             if opt_state is not None:
                 items["opt"] = ocp.args.StandardRestore(restore_targets(opt_state))
             restored = manager.restore(step, args=ocp.args.Composite(**items))
-            _verify(restored, list(items), meta, step)
+            _verify_checksums(restored, list(items), meta)
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure means: this checkpoint is unusable
@@ -236,12 +240,9 @@ def restore(manager: ocp.CheckpointManager, templates: Callable[[dict], tuple[An
     return None
 
 
-def _verify(restored, items: list[str], meta: dict, step: int) -> None:
-    """ValueError if the restored checkpoint at ``step`` is not what was saved there: its
-    meta names another step (a resume there would cut the run's records and checkpoints),
-    or an item's arrays differ from their checksum. One saved before checksums has none."""
-    if int(meta.get("step", step)) != step:
-        raise ValueError(f"its meta records step {meta['step']}: altered")
+def _verify_checksums(restored, items: list[str], meta: dict) -> None:
+    """ValueError if an item's arrays differ from the checksum saved with them (a checkpoint
+    saved before checksums has none)."""
     for item in items:
         expected = meta.get("checksums", {}).get(item)
         if expected is not None and digest(host_arrays(restored[item])) != expected:
