@@ -262,15 +262,20 @@ def test_resuming_with_other_settings_is_refused_before_anything_is_written(refe
     assert _tree(workdir) == before
 
 
+def _edit_json(path: str, **changes) -> None:
+    """Rewrites a JSON object file with ``changes``, as a hand edit would."""
+    with open(path) as f:
+        value = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**value, **changes}, f)
+
+
 def test_checkpoints_of_another_model_are_refused_not_overwritten(reference_copy):
     from medmamba_jax.training.errors import ConfigError
     from medmamba_jax.training.train import train_and_evaluate
 
     workdir, config = reference_copy
-    saved = json.load(open(os.path.join(workdir, "config.json")))
-    saved["dims"] = [16, 32]  # a config.json that no longer describes its checkpoints
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(saved, f)
+    _edit_json(os.path.join(workdir, "config.json"), dims=[16, 32])  # no longer describes its checkpoints
     config.dims = (16, 32)
     before = _tree(workdir)
     with pytest.raises(ConfigError, match=r"holds checkpoints of another model: dims \(8, 16\) \(config wants \(16, 32\)\)"):
@@ -436,11 +441,7 @@ def test_a_hand_edited_step_is_refused_before_anything_is_touched(reference_copy
 
     workdir, config = reference_copy
     newest = _latest_steps(workdir)[-1]
-    meta_file = os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata")
-    meta = json.load(open(meta_file))
-    meta["step"] = 3
-    with open(meta_file, "w") as f:
-        json.dump(meta, f)
+    _edit_json(os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata"), step=3)
     before = _tree(workdir)
     with pytest.raises(ConfigError, match=rf"latest/{newest} records step 3: it was edited or damaged; restore it"):
         train_and_evaluate(config, workdir)
