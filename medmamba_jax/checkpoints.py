@@ -13,18 +13,25 @@ configs do, what the weights expect and output (:class:`ModelCard`)::
      "label_names": ["adipose", ...], "task": "multi-class"}
 
 Every card key is optional: files written before they existed load with an empty card.
+
+``weights.sha256`` holds
+the checksum of the arrays (:func:`digest`), checked on load: a flipped bit in a weight
+file can otherwise load as other weights. Here too live the checks that both kinds of
+checkpoint share: :func:`digest` and :func:`nonfinite_names`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -35,8 +42,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
+class NonFiniteWeightsError(CheckpointError):
+    """Weights holding NaN or inf: such a model gives NaN scores for every input."""
+
+
 CONFIG_FILE = "model_config.json"
 STATE_DIR = "state"
+CHECKSUM_FILE = "weights.sha256"
 _WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 DECODINGS = ("upstream", "dataset")
 # Upstream MedMamba's evaluation: transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).
@@ -122,8 +134,53 @@ def weights_state(model: nnx.Module) -> nnx.State:
     return nnx.state(model, _WEIGHTS)
 
 
+def host_arrays(tree: Any) -> list[tuple[str, np.ndarray]]:
+    """(dotted path, NumPy copy) of every array leaf of ``tree``, in flattening order. A PRNG
+    key gives its raw key data; an array spread over hosts, this process's first shard (the
+    whole array for the replicated states saved here)."""
+    arrays = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        names = (str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+        arrays.append((".".join(n for n in names if n != "value"), np.asarray(leaf)))
+    return arrays
+
+
+def digest(arrays: Iterable[tuple[str, np.ndarray]]) -> str:
+    """SHA-256 of the arrays' dtypes, shapes and bytes, in order (their paths aside: a state
+    restores as another tree type than it was saved from)."""
+    hasher = hashlib.sha256()
+    for _, array in arrays:
+        hasher.update(f"{array.dtype.str}{array.shape}".encode())
+        hasher.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    return hasher.hexdigest()
+
+
+def nonfinite_names(arrays: Iterable[tuple[str, np.ndarray]]) -> list[str]:
+    """The names of the floating-point arrays that hold a NaN or an inf."""
+    return [name for name, array in arrays
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all()]
+
+
+def describe_nonfinite(names: list[str]) -> str:
+    """'NaN or inf in N tensors: a, b, c (and K more)', for a one-line error."""
+    more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+    return f"NaN or inf in {len(names)} tensor{'s' * (len(names) != 1)}: {', '.join(names[:3])}{more}"
+
+
+def check_finite(arrays: list[tuple[str, np.ndarray]], source: str) -> None:
+    """NonFiniteWeightsError naming the tensors of ``arrays`` that hold a NaN or an inf."""
+    bad = nonfinite_names(arrays)
+    if bad:
+        raise NonFiniteWeightsError(f"{source}: {describe_nonfinite(bad)}; such a model gives NaN scores")
+
+
 def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | None = None) -> Path:
-    """Writes ``directory/model_config.json`` and ``directory/state`` (Orbax). Returns the directory.
+    """Writes ``directory/model_config.json``, ``directory/state`` (Orbax) and the state's
+    checksum ``directory/weights.sha256``. Returns the directory.
 
     ``card`` (default: the one ``from_torch`` or ``load_model`` gave the model, as ``model.card``)
     is recorded in model_config.json. The config is written last, through a rename, so a
@@ -132,12 +189,15 @@ def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | 
     card = card if card is not None else getattr(model, "card", ModelCard())
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
+    weights = nnx.to_pure_dict(weights_state(model))
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / STATE_DIR, nnx.to_pure_dict(weights_state(model)), force=True)
+    checkpointer.save(directory / STATE_DIR, weights, force=True)
     checkpointer.wait_until_finished()
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps({**model.config.to_dict(), **card.to_json()}, indent=2) + "\n")
-    tmp.replace(directory / CONFIG_FILE)
+    config = json.dumps({**model.config.to_dict(), **card.to_json()}, indent=2)
+    for name, text in ((CHECKSUM_FILE, digest(host_arrays(weights))), (CONFIG_FILE, config)):
+        tmp = directory / (name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(directory / name)
     return directory
 
 
@@ -170,9 +230,13 @@ def _check_saved_shapes(directory: Path, saved, targets) -> None:
                               f"({'; '.join(problems[:2])}{more}); both must come from the same save_model or convert")
 
 
-def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, seed: int = 0) -> MedMamba:
+def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, seed: int = 0,
+               allow_nonfinite: bool = False) -> MedMamba:
     """Reads a directory written by :func:`save_model`; the model comes back in eval mode, with
-    its :class:`ModelCard` as ``model.card``."""
+    its :class:`ModelCard` as ``model.card``.
+
+    Weights that differ from their recorded checksum raise CheckpointError, and weights
+    holding NaN or inf NonFiniteWeightsError unless ``allow_nonfinite``."""
     directory = Path(directory).absolute()
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -197,6 +261,13 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
         reason = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
         raise CheckpointError(f"{directory}: cannot restore its weights ({reason}); {CONFIG_FILE} and {STATE_DIR}/ "
                               "must come from the same save_model or convert") from None
+    arrays = host_arrays(restored)
+    checksum = directory / CHECKSUM_FILE  # absent in a directory saved before checksums were recorded
+    if checksum.is_file() and checksum.read_text().strip() != digest(arrays):
+        raise CheckpointError(f"{directory}: its weights differ from the checksum recorded when they were saved "
+                              f"({CHECKSUM_FILE}): a damaged or altered file; convert or copy it again")
+    if not allow_nonfinite:
+        check_finite(arrays, str(directory))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     model.eval()

@@ -34,6 +34,7 @@ def _convert(argv: Sequence[str] | None) -> int:
                       "recorded for predict (default: none; predict then shows class_0, class_1, ...)")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="for a workdir: which of its checkpoints (default: best)")
+    cli.add_allow_nonfinite(parser)
     args = parser.parse_args(argv)
     cli.writable_dir(args.out_dir)
     if os.path.isdir(args.source):
@@ -42,12 +43,15 @@ def _convert(argv: Sequence[str] | None) -> int:
                                 "give a .pth file or a workdir")
         if args.image_size or args.labels:
             raise cli.ToolError("--image-size and --labels are for .pth files; a workdir records its own")
-        loaded = cli.from_workdir(args.source, args.which)
+        with cli.nonfinite_hint():
+            loaded = cli.from_workdir(args.source, args.which, allow_nonfinite=args.allow_nonfinite)
         model, card = loaded.model, loaded.card()
     else:
         labels = cli.parse_labels(args.labels) if args.labels else None
         try:
-            model = from_torch(args.source, image_size=args.image_size or cli.UPSTREAM_IMAGE_SIZE, label_names=labels)
+            with cli.nonfinite_hint():
+                model = from_torch(args.source, image_size=args.image_size or cli.UPSTREAM_IMAGE_SIZE,
+                                   label_names=labels, allow_nonfinite=args.allow_nonfinite)
         except ValueError as err:  # a bad file (CheckpointError) or labels that do not fit it
             raise cli.ToolError(str(err).strip()) from None
         card = model.card

@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
     name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split
     out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{name}"))
-    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
+    loaded = cli.load(args)
     if args.folder:
         images, labels, about = read_folder(loaded, args.folder, args.class_map, args.drop_class)
         source, progress = f"{loaded.config.dataset} model on {about['folder']}", "folder"

@@ -164,7 +164,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     from medmamba_jax.analysis import plots
 
     cli.resolve_split(args.split)
-    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
+    loaded = cli.load(args)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     if len(images) < 5:
         raise cli.ToolError(f"t-SNE needs at least 5 images; the {args.split} split has {len(images)}")

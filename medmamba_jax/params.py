@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from medmamba_jax import extras
-from medmamba_jax.checkpoints import CheckpointError, ModelCard, shell_model
+from medmamba_jax.checkpoints import CheckpointError, ModelCard, check_finite, shell_model
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
@@ -341,6 +341,7 @@ def from_torch(
     seed: int = 0,
     image_size: int | None = None,
     label_names: Sequence[str] | None = None,
+    allow_nonfinite: bool = False,
 ) -> MedMamba:
     """Builds a MedMamba from an upstream ``.pth`` file or state dict.
 
@@ -348,12 +349,15 @@ def from_torch(
     the tensor shapes. BatchNorm running statistics are loaded too. The model is
     returned in eval mode. ``model.card`` records upstream's preprocessing, the input side
     ``image_size`` the weights were trained at and the class names ``label_names`` (one per
-    output) when given; ``save_model`` writes it into model_config.json.
+    output) when given; ``save_model`` writes it into model_config.json. Tensors holding NaN or
+    inf raise NonFiniteWeightsError, naming them, unless ``allow_nonfinite``.
     """
     if isinstance(path_or_state_dict, Mapping):
-        state_dict = _as_numpy_state_dict(path_or_state_dict, "state dict")
+        source, state_dict = "state dict", _as_numpy_state_dict(path_or_state_dict, "state dict")
     else:
-        state_dict = load_torch_state_dict(path_or_state_dict)
+        source, state_dict = os.fspath(path_or_state_dict), load_torch_state_dict(path_or_state_dict)
+    if not allow_nonfinite:
+        check_finite(list(state_dict.items()), source)
     config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
     _check_card_arguments(config, image_size, label_names)
     model = shell_model(config, seed)

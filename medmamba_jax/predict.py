@@ -7,7 +7,8 @@ Prints one JSON line per image: its top-k class names and probabilities. Each fi
 converted the way training saw its dataset (channels, stored size, then the eval
 transform); for a converted upstream checkpoint, the way the released PyTorch code's
 evaluation decodes files (PIL's convert("RGB"), resize, normalise to [-1, 1]). A file that cannot be read gets a one-line error on stderr; the others are
-still classified, and the exit status is 1 if any file failed.
+still classified, and the exit status is 1 if any file failed. Scores that are NaN or inf (a
+model loaded with --allow-nonfinite) give an error line for that file, never a prediction.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(image, str):
                 failed += 1
                 print(f"error: {image}", file=sys.stderr, flush=True)
+            elif not np.isfinite(scores := next(probs)).all():  # a NaN sorts first: it would name a class
+                failed += 1
+                print(f"error: {path}: the model's scores are NaN or inf; no prediction", file=sys.stderr, flush=True)
             else:
-                print(json.dumps(prediction_record(path, next(probs), loaded, args.top_k)), flush=True)
+                print(json.dumps(prediction_record(path, scores, loaded, args.top_k)), flush=True)
     if failed:
-        print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
+        print(f"error: {failed} of {len(args.images)} files could not be read or classified", file=sys.stderr)
         return 1
     return 0
 

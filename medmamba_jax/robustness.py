@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)
-    loaded = cli.from_workdir(args.workdir, args.which, args.data_dir)
+    loaded = cli.load(args)
     images, labels = cli.load_split(loaded, args.split, args.limit)
     images = np.asarray(images)
     out = cli.output_dir(args.out)

@@ -62,9 +62,29 @@ def _with_resolved_config(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def repeated_config_keys(argv: Sequence[str]) -> list[str]:
+    """The --config.KEY flags given more than once: absl would append a repeated tuple override
+    (``--config.depths='(1,1)'`` twice gives four stages), not replace it."""
+    seen, repeated = set(), []
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.lstrip("-").startswith("config.") and arg.startswith("-"):
+            key = arg.lstrip("-").split("=", 1)[0]
+            if key in seen and key not in repeated:
+                repeated.append(key)
+            seen.add(key)
+    return repeated
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl flag parsing, with ml_collections' traceback for an unknown --config.KEY, or a config
-    file that is missing or fails to load, made one line."""
+    file that is missing or fails to load, made one line; a --config.KEY given twice is refused."""
+    repeated = repeated_config_keys(argv)
+    if repeated:
+        print(f"error: {', '.join('--' + key for key in repeated)} given more than once; give each key once",
+              file=sys.stderr)
+        sys.exit(1)
     try:
         parsed = flags.FLAGS(_with_resolved_config(argv))
         config_file = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]

@@ -1,6 +1,7 @@
 """Weight conversion: PyTorch -> JAX -> PyTorch, the convert command, and clear failures."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from medmamba_jax import convert, from_torch, to_torch_state_dict
-from medmamba_jax.checkpoints import load_model
+from medmamba_jax.checkpoints import load_model, save_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
 from conftest import ROOT
 from numerics import DATA, fresh_rng
@@ -224,3 +225,35 @@ def test_half_precision_state_dicts_load_exactly(state_dict):
         widened = {k: v.float() if v.is_floating_point() else v for k, v in halved.items()}
         x = fresh_rng().standard_normal((1, 32, 32, 3)).astype(np.float32)
         np.testing.assert_array_equal(from_torch(halved)(x), from_torch(widened)(x))
+
+
+def test_nonfinite_weights_are_refused_at_conversion_and_load_unless_allowed(state_dict, tmp_path, capsys):
+    from medmamba_jax.checkpoints import NonFiniteWeightsError
+
+    broken = dict(state_dict)
+    broken["head.weight"] = state_dict["head.weight"].clone()
+    broken["head.weight"][0, 0] = float("nan")
+    broken["patch_embed.proj.bias"] = state_dict["patch_embed.proj.bias"] + float("inf")
+    torch.save(broken, tmp_path / "nan.pth")
+    out = tmp_path / "out"
+    assert convert.main([str(tmp_path / "nan.pth"), str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'nan.pth'}: NaN or inf in 2 tensors: patch_embed.proj.bias, "
+                                       "head.weight; such a model gives NaN scores; --allow-nonfinite loads it anyway\n")
+    assert not out.exists()
+    assert convert.main([str(tmp_path / "nan.pth"), str(out), "--allow-nonfinite"]) == 0
+    with pytest.raises(NonFiniteWeightsError, match=r"out: NaN or inf in 2 tensors: head.kernel, patch_embed.proj.bias;"):
+        load_model(out)
+    assert not np.isfinite(load_model(out, allow_nonfinite=True).head.kernel.value).all()
+
+
+def test_converted_weights_that_differ_from_their_checksum_are_refused(tmp_path):
+    """Another model's state under this config loads cleanly, as a flipped bit in a weight can."""
+    model = from_torch(DATA / "tiny.pth")
+    save_model(tmp_path / "ours", model)
+    model.head.bias.value = model.head.bias.value + 1
+    save_model(tmp_path / "other", model)
+    shutil.rmtree(tmp_path / "ours" / "state")
+    shutil.copytree(tmp_path / "other" / "state", tmp_path / "ours" / "state")
+    with pytest.raises(CheckpointError, match=r"ours: its weights differ from the checksum recorded when they were "
+                                              r"saved \(weights.sha256\): a damaged or altered file"):
+        load_model(tmp_path / "ours")

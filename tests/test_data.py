@@ -55,6 +55,7 @@ def test_label_outside_class_list(tmp_path):
 @pytest.mark.parametrize("flag, change, message", [
     ("breastmnist", lambda a: {**a, "test_labels": a["test_labels"][:-1]}, "156 images but 155 labels"),
     ("breastmnist", lambda a: {**a, "test_images": a["test_images"] / 255.0}, "float64 images, not uint8"),
+    ("pathmnist", lambda a: {**a, "test_labels": a["test_labels"] - 0.7}, "float64 labels, not integers"),
     ("breastmnist", lambda a: {**a, "test_images": a["test_images"][:, :14, :14]}, r"shape \(14, 14, 1\), not \(28, 28, 1 or 3\)"),
     ("pathmnist", lambda a: {**a, "test_images": a["test_images"][..., :2]}, r"shape \(28, 28, 2\), not \(28, 28, 1 or 3\)"),
     ("chestmnist", lambda a: {**a, "test_labels": a["test_labels"][:, :13]}, r"labels of shape \(13,\), not \(14,\)"),

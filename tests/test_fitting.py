@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 
 import jax

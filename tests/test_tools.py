@@ -344,6 +344,25 @@ def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, cap
     assert f"below this model's minimum, {tiny_side}" in capsys.readouterr().err
 
 
+def test_nonfinite_weights_are_refused_and_never_give_a_prediction(sample_images, tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from medmamba_jax import from_torch
+    from medmamba_jax.checkpoints import save_model
+    from numerics import DATA
+
+    model = from_torch(DATA / "tiny.pth")
+    model.head.bias.value = model.head.bias.value.at[0].set(jnp.nan)
+    save_model(tmp_path / "nan", model)
+    argv = ["--checkpoint", str(tmp_path / "nan"), "--image-size", "64", sample_images["rgb.png"]]
+    assert run(predict.main, argv) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'nan'}: NaN or inf in 1 tensor: head.bias; such a model "
+                                       "gives NaN scores; --allow-nonfinite loads it anyway\n")
+    assert run(predict.main, [*argv, "--allow-nonfinite"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: {sample_images['rgb.png']}: the model's scores are NaN or inf; no prediction" in err
+
+
 def test_a_converted_checkpoint_decodes_files_as_upstream_does(sample_images, tmp_path, capsys):
     """Upstream evaluates Image.open(f).convert("RGB"): alpha is dropped, not composited, so
     rgba.png (rgb.png at alpha 128) must score as rgb.png does; a workdir model composites."""

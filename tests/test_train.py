@@ -262,15 +262,20 @@ def test_resuming_with_other_settings_is_refused_before_anything_is_written(refe
     assert _tree(workdir) == before
 
 
+def _edit_json(path: str, **changes) -> None:
+    """Rewrites a JSON object file with ``changes``, as a hand edit would."""
+    with open(path) as f:
+        value = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**value, **changes}, f)
+
+
 def test_checkpoints_of_another_model_are_refused_not_overwritten(reference_copy):
     from medmamba_jax.training.errors import ConfigError
     from medmamba_jax.training.train import train_and_evaluate
 
     workdir, config = reference_copy
-    saved = json.load(open(os.path.join(workdir, "config.json")))
-    saved["dims"] = [16, 32]  # a config.json that no longer describes its checkpoints
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(saved, f)
+    _edit_json(os.path.join(workdir, "config.json"), dims=[16, 32])  # no longer describes its checkpoints
     config.dims = (16, 32)
     before = _tree(workdir)
     with pytest.raises(ConfigError, match=r"holds checkpoints of another model: dims \(8, 16\) \(config wants \(16, 32\)\)"):
@@ -366,16 +371,23 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
-    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.checkpoints import NonFiniteWeightsError, save_model
     from medmamba_jax.training import model_init
     from medmamba_jax.training.errors import TrainingError
     from medmamba_jax.training.train import train_and_evaluate
 
     model = model_init.build(tiny_config, 9)
+    kernel = model.patch_embed.proj.kernel.value
     model.head.bias.value = model.head.bias.value * jnp.nan
     save_model(str(tmp_path / "nan_model"), model)
     tiny_config.init_from = str(tmp_path / "nan_model")
     workdir = tmp_path / "run"
+    with pytest.raises(NonFiniteWeightsError, match=r"nan_model: NaN or inf in 1 tensor: head.bias; such a model"):
+        train_and_evaluate(tiny_config, str(workdir))
+    model.head.bias.value = jnp.zeros_like(model.head.bias.value)
+    model.patch_embed.proj.kernel.value = kernel * 1e37  # finite weights whose activations overflow
+    save_model(str(tmp_path / "huge_model"), model)
+    tiny_config.init_from = str(tmp_path / "huge_model")
     with pytest.raises(TrainingError, match=r"loss is nan at step 0 .*last good checkpoint: none"):
         train_and_evaluate(tiny_config, str(workdir))
     assert not (workdir / "results.json").exists()
@@ -402,3 +414,57 @@ def test_init_from_with_another_head_fine_tunes(reference_run, tiny_config, caps
     source, _ = load_trained(reference_run[0])
     np.testing.assert_array_equal(model.patch_embed.proj.kernel.value, source.patch_embed.proj.kernel.value)
     assert model.head.kernel.value.shape == (16, 2)
+
+
+def _swap_item(workdir, kind: str, step: int, source: str, item: str = "model") -> None:
+    """Puts the ``item`` of checkpoint directory ``source`` in place of that of ``kind``/``step``:
+    a structurally sound checkpoint that restores as other weights, as a flipped bit can."""
+    target = os.path.join(workdir, "checkpoints", kind, str(step), item)
+    shutil.rmtree(target)
+    shutil.copytree(os.path.join(source, item), target)
+
+
+def test_a_checkpoint_whose_weights_differ_from_their_checksum_falls_back(reference_copy, capsys):
+    workdir, _ = reference_copy
+    older, newest = _latest_steps(workdir)
+    _swap_item(workdir, "latest", newest, os.path.join(workdir, "checkpoints", "latest", str(older)))
+    model, _ = load_trained(workdir, "latest")
+    err = capsys.readouterr().err
+    assert f"{newest} is unreadable (its model arrays differ from the checksum recorded when saved" in err
+    assert f"falling back to step {older}" in err
+
+
+def test_a_hand_edited_step_is_refused_before_anything_is_touched(reference_copy):
+    """A resume at the step the meta claims would delete the later best checkpoint and cut the records."""
+    from medmamba_jax.training.errors import ConfigError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    newest = _latest_steps(workdir)[-1]
+    _edit_json(os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata"), step=3)
+    before = _tree(workdir)
+    with pytest.raises(ConfigError, match=rf"latest/{newest} records step 3: it was edited or damaged; restore it"):
+        train_and_evaluate(config, workdir)
+    assert _tree(workdir) == before
+
+
+def test_a_finished_run_keeps_its_results_when_its_best_checkpoint_is_gone(reference_copy, capsys):
+    from medmamba_jax.training.errors import TrainingError
+    from medmamba_jax.training.train import train_and_evaluate
+
+    workdir, config = reference_copy
+    results = _tree(workdir)["results.json"]
+    best = os.path.join(workdir, "checkpoints", "best")
+    (step,) = os.listdir(best)
+    _swap_item(workdir, "best", step, os.path.join(workdir, "checkpoints", "latest", str(_latest_steps(workdir)[0])))
+    train_and_evaluate(config, workdir)
+    err = capsys.readouterr().err
+    assert f"warning: the best checkpoint (step {step}) in {best} is missing or unreadable; keeping its test " in err
+    assert "validation metric never finite" not in err
+    assert _tree(workdir)["results.json"] == results
+    shutil.rmtree(best)
+    os.remove(os.path.join(workdir, "results.json"))
+    with pytest.raises(TrainingError, match=rf"best checkpoint \(step {step}\) .* is missing or unreadable, and "
+                                            r".*results.json holds no test results of it"):
+        train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))

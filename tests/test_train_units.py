@@ -5,6 +5,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -163,6 +165,13 @@ def test_cli_unknown_config_override_fails(tmp_path):
     assert 'error: bad --config override: learning_rat Did you mean "learning_rate"' in result.stderr
 
 
+def test_cli_repeated_config_override_is_refused_not_concatenated(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.depths=(1,1)", "--config.dims=(8,16)", "--config.depths", "(1,1)")
+    assert result.returncode == 1 and not workdir.exists() and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: --config.depths given more than once; give each key once"
+
+
 def _tensorboard_points(workdir) -> list[tuple[str, int, float]]:
     """(tag, step, value) of every scalar that TensorBoard shows, read with TensorFlow. As in
     TensorBoard's loader, each run directory's event files are read in name order, and a
@@ -236,6 +245,16 @@ def test_a_checkpoint_older_than_the_newest_is_an_error_not_skipped(tmp_path):
         checkpointing.save(manager, 6, {"w": jnp.ones((4,))}, {"step": 6})
 
 
+def test_weights_holding_nan_or_inf_are_never_saved_so_the_last_good_checkpoint_is_finite(tmp_path):
+    manager = checkpointing.managers(str(tmp_path))["latest"]
+    checkpointing.save(manager, 2, {"w": jnp.ones((4,))}, {"step": 2}, {"mu": jnp.zeros((4,))})
+    broken = {"w": jnp.array([1.0, jnp.nan, 0.0, 0.0])}
+    with pytest.raises(TrainingError, match=r"the state at step 3 is not saved: NaN or inf in 2 tensors: model.w, opt.mu; "
+                                            rf"last good checkpoint: {tmp_path}/checkpoints/latest/2$"):
+        checkpointing.save(manager, 3, broken, {"step": 3}, {"mu": jnp.array([jnp.inf] * 4)})
+    assert manager.all_steps() == [2]
+
+
 @pytest.mark.parametrize("ignored", [False, True], ids=["ctrl_c", "ignored_ctrl_c"])
 def test_ctrl_c_during_a_save_is_held_until_the_checkpoint_is_complete(ignored, tmp_path, capsys):
     """A process started in the background (``cmd &``) ignores Ctrl-C, during a save too."""
@@ -277,3 +296,34 @@ def test_a_failed_json_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_
     with pytest.raises(TypeError):
         checkpointing.write_json(path, {"auc": object()})  # as a Ctrl-C midway would stop it
     assert os.listdir(tmp_path) == ["results.json"] and json.load(open(path)) == {"auc": 0.5}
+
+
+_HOLD_LOCK = """
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_workdir_in_use_is_refused_and_a_killed_holders_lock_is_not(tiny_config, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir / "train.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainingError, match=rf"{workdir} is in use by another train.py \(pid {holder.pid} on "):
+            train.train_and_evaluate(tiny_config, str(workdir))
+        assert os.listdir(workdir) == ["train.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with checkpointing.workdir_lock(str(workdir)):  # the kernel released the killed process's lock
+        assert (workdir / "train.lock").read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(TrainingError, match=rf"in use by another train.py \(pid {os.getpid()} on "):
+            with checkpointing.workdir_lock(str(workdir)):
+                pass
+    assert not (workdir / "train.lock").exists()

@@ -163,6 +163,23 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
                             "its input size and class names, unless converted without them")
         add_card_args(parser, "for --checkpoint (default: the checkpoint's; else 224)",
                       "for --checkpoint (default: the checkpoint's; else class_0, class_1, ...)")
+    add_allow_nonfinite(parser)
+
+
+def add_allow_nonfinite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load weights that hold NaN or inf (refused by default: they give NaN scores)")
+
+
+@contextlib.contextmanager
+def nonfinite_hint() -> Iterator[None]:
+    """A NonFiniteWeightsError inside becomes a ToolError that names --allow-nonfinite."""
+    from medmamba_jax.checkpoints import NonFiniteWeightsError
+
+    try:
+        yield
+    except NonFiniteWeightsError as err:
+        raise ToolError(f"{err}; --allow-nonfinite loads it anyway") from None
 
 
 def add_card_args(parser: argparse.ArgumentParser, size_default: str, labels_default: str) -> None:
@@ -185,24 +202,28 @@ def add_split_args(parser: argparse.ArgumentParser, limit_default: int = 0, spli
 
 
 def load(args: argparse.Namespace) -> Loaded:
-    """The model and its data description named by ``add_model_args`` options."""
-    if getattr(args, "checkpoint", None):
-        return from_checkpoint(args.checkpoint, args.image_size, args.labels)
-    return from_workdir(args.workdir, args.which)
+    """The model and its data description named by ``add_model_args`` options (and
+    ``add_split_args``' --data-dir, where the command has it)."""
+    with nonfinite_hint():
+        if getattr(args, "checkpoint", None):
+            return from_checkpoint(args.checkpoint, args.image_size, args.labels, args.allow_nonfinite)
+        return from_workdir(args.workdir, args.which, getattr(args, "data_dir", None), args.allow_nonfinite)
 
 
-def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None) -> Loaded:
+def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None,
+                 allow_nonfinite: bool = False) -> Loaded:
     """The trained model of a train.py workdir, with its dataset's class names and task as
     saved in training (W/dataset.json). ``data_dir`` replaces the training config's for every
     later read of the dataset, and for a workdir trained before dataset.json existed, whose
-    class names come from the dataset."""
+    class names come from the dataset. Weights holding NaN or inf are refused unless
+    ``allow_nonfinite``."""
     from medmamba_jax.data import dataset_info
     from medmamba_jax.training.checkpointing import load_trained_checkpoint, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise ToolError(f"workdir {workdir} does not exist")
-    model, config, kind, step = load_trained_checkpoint(workdir, which)
+    model, config, kind, step = load_trained_checkpoint(workdir, which, allow_nonfinite)
     if data_dir:
         with config.unlocked():
             config.data_dir = os.path.expanduser(data_dir)
@@ -258,13 +279,14 @@ def _label_names(labels: str | None, card: ModelCard, num_classes: int) -> list[
     return list(card.label_names) if card.label_names else [f"class_{i}" for i in range(num_classes)]
 
 
-def from_checkpoint(directory: str, image_size: int | None, labels: str | None) -> Loaded:
+def from_checkpoint(directory: str, image_size: int | None, labels: str | None, allow_nonfinite: bool = False) -> Loaded:
     """A model directory; its inputs and classes as its card records them, or as ``image_size``
-    and ``labels`` (which win) say; without either, RGB at 224 px as upstream reads files."""
+    and ``labels`` (which win) say; without either, RGB at 224 px as upstream reads files.
+    Weights holding NaN or inf are refused unless ``allow_nonfinite``."""
     from medmamba_jax.checkpoints import load_model
     from medmamba_jax.data.transforms import MEAN, STD
 
-    if image_size > MAX_IMAGE_SIZE:
+    if image_size and image_size > MAX_IMAGE_SIZE:
         raise ToolError(f"--image-size {image_size} is above {MAX_IMAGE_SIZE}, the largest input these tools run "
                         "(the cost grows with its square; the released models take 224)")
     if os.path.isfile(directory):
@@ -272,7 +294,7 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None) 
                         f"convert it first: python -m medmamba_jax.convert {directory} DIR")
     if not os.path.isdir(directory):
         raise ToolError(f"checkpoint directory {directory} does not exist")
-    model = load_model(directory)
+    model = load_model(directory, allow_nonfinite=allow_nonfinite)
     card: ModelCard = model.card
     if not model.config.num_classes:
         raise ToolError(f"{directory} holds a model without a classification head (num_classes 0): it gives "

@@ -114,7 +114,7 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
     entry = info(flag)
     try:
         with np.load(path) as arrays:  # the split's two arrays only: the others stay unread
-            images, labels = arrays[f"{split}_images"], np.asarray(arrays[f"{split}_labels"], np.int64)
+            images, labels = arrays[f"{split}_images"], np.asarray(arrays[f"{split}_labels"])
     # Missing, truncated, not a zip; IndexError and TypeError: a bare array saved under the name.
     except (OSError, KeyError, ValueError, EOFError, IndexError, TypeError, zipfile.BadZipFile) as err:
         advice = "" if fetch else " (or pass --config.download=True to replace it)"
@@ -123,7 +123,7 @@ def _read(path: str, flag: str, size: int, split: str, fetch: bool) -> tuple[np.
     if images.ndim == 3:  # grayscale sets store (N, H, W)
         images = images[..., None]
     _check_arrays(images, labels, entry, size, path, split)
-    return images, labels
+    return images, labels.astype(np.int64)
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int, path: str, split: str) -> None:
@@ -136,6 +136,8 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, entry: dict, size: int
     problems = []
     if images.dtype != np.uint8:
         problems.append(f"{images.dtype} images, not uint8")
+    if not np.issubdtype(labels.dtype, np.integer):  # a cast to class indices would truncate -0.7 to 0
+        problems.append(f"{labels.dtype} labels, not integers")
     if images.shape[1:3] != (size, size) or images.shape[3] not in (1, 3):
         problems.append(f"images of shape {images.shape[1:]}, not ({size}, {size}, 1 or 3)")
     if labels.shape[1:] != (label_width,):

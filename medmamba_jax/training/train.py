@@ -198,11 +198,6 @@ def _meta(run: Run, progress: Progress, epoch: int) -> dict:
     return {**dataclasses.asdict(progress), "epoch": epoch, "model_config": run.model.config.to_dict()}
 
 
-def _last_good(manager) -> str:
-    step = manager.latest_step()
-    return "none" if step is None else os.path.join(str(manager.directory), str(step))
-
-
 class Trainer:
     """Runs the epochs of a prepared Run in a workdir, checkpointing and reporting as it goes."""
 
@@ -282,7 +277,7 @@ class Trainer:
             if not math.isfinite(value):
                 raise TrainingError(
                     f"loss is {value} at step {step} (epoch {step // self.run.steps_per_epoch + 1}); "
-                    f"last good checkpoint: {_last_good(self.managers['latest'])}"
+                    f"last good checkpoint: {checkpointing.last_good(self.managers['latest'])}"
                 )
             total += value
         p = self.progress
@@ -400,6 +395,8 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Test metrics of the best checkpoint, written to results.json."""
         restored = checkpointing.restore(self.managers["best"], lambda meta: (self.model_state, None))
+        if restored is None and self.progress.best_step >= 0:
+            return self._kept_results()
         if restored is None:
             print("warning: no best checkpoint (validation metric never finite); testing the latest state")
             last_epoch = self.progress.step // self.run.steps_per_epoch - 1
@@ -412,6 +409,19 @@ class Trainer:
         if self.is_main:
             checkpointing.write_json(os.path.join(self.workdir, "results.json"), results)
             print("test " + " ".join(f"{k} {v:.4f}" for k, v in summary(metrics).items()), flush=True)
+        return results
+
+    def _kept_results(self) -> dict[str, Any]:
+        """The results.json of the best checkpoint, which is gone (deleted, or damaged: see the
+        warning above): testing another model in its place would pass that model off as the best."""
+        path, step = os.path.join(self.workdir, checkpointing.RESULTS_FILE), self.progress.best_step
+        gone = f"the best checkpoint (step {step}) in {self.managers['best'].directory} is missing or unreadable"
+        results = checkpointing.read_results(self.workdir)
+        if results is None or results.get("step") != step:
+            raise TrainingError(f"{gone}, and {path} holds no test results of it; restore that checkpoint, "
+                                "or train again in another --workdir")
+        if self.is_main:
+            print(f"warning: {gone}; keeping its test results in {path}", file=sys.stderr)
         return results
 
     def close(self) -> None:
@@ -453,15 +463,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                    int(config.process_id) if explicit else None)
         preemption.announce_start(max(checkpointing.steps_on_disk(workdir, "latest"), default=0))
     run = prepare(config, workdir)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-    trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
-    try:
-        if jax.process_index() == 0:  # with the micro-batch count chosen, which a resume keeps
-            checkpointing.write_json(os.path.join(workdir, "config.json"), run.config.to_dict())
-            checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
-        with preemption.StopNotice() as notice:
-            trainer.fit(notice)
-        return trainer.test()
-    finally:
-        trainer.close()
+    with checkpointing.workdir_lock(workdir):
+        trainer = Trainer(run, workdir)  # restores a checkpoint only once its model is checked
+        try:
+            if jax.process_index() == 0:  # with the micro-batch count chosen, which a resume keeps
+                checkpointing.write_json(os.path.join(workdir, "config.json"), run.config.to_dict())
+                checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
+            with preemption.StopNotice() as notice:
+                trainer.fit(notice)
+            return trainer.test()
+        finally:
+            trainer.close()
