@@ -77,7 +77,7 @@ def test_train_takes_a_recipe_name(tmp_path, monkeypatch):
     assert resolve_config("smoke.py:arg") == packaged.replace("medmnist", "smoke") + ":arg"
     (tmp_path / "mine.py").write_text("")
     assert resolve_config("mine.py") == "mine.py"  # a file that exists is itself
-    with pytest.raises(Exception, match=r"not a recipe name \(one of base, folder, medmnist, smoke\)"):
+    with pytest.raises(Exception, match=r"not a recipe name \(one of base, folder, medmnist, medmnist_x, smoke, upstream_train\)"):
         resolve_config("medmnst")
 
 

@@ -131,12 +131,14 @@ RESUMABLE_KEYS = frozenset({
 
 
 def run_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """{key: (saved value, new value)} for the keys outside RESUMABLE_KEYS on which they differ."""
+    """{key: (saved value, new value)} for the keys outside RESUMABLE_KEYS on which they differ.
+    An automatic ``grad_accum_steps`` (0) takes whatever count the saved run chose."""
     def plain(value):  # a tuple read back from JSON is a list in one and a tuple in the other
         return list(value) if isinstance(value, (tuple, list)) else value
 
+    free = RESUMABLE_KEYS | ({"grad_accum_steps"} if config.grad_accum_steps == 0 else set())
     return {key: (saved[key], config[key]) for key in sorted(config.keys())
-            if key not in RESUMABLE_KEYS and plain(saved.get(key)) != plain(config[key])}
+            if key not in free and plain(saved.get(key)) != plain(config[key])}
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
