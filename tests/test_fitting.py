@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medmamba_jax.evaluation.predict import padded_batch_size
+from medmamba_jax.evaluation.predict import split_batch_size
 from medmamba_jax.evaluation.progress import BatchProgress
 from medmamba_jax.training import memory, preemption, reporting, train
 from medmamba_jax.training.errors import TrainingError, out_of_memory_as
@@ -136,10 +136,9 @@ def test_sigterm_during_slow_steps_stops_within_two_steps(tiny_config, tmp_path)
 
 
 def test_evaluation_batches_are_not_padded_far_beyond_the_split():
-    assert padded_batch_size(32, 256, 1) == 32
-    assert padded_batch_size(33, 256, 1) == 64
-    assert padded_batch_size(1000, 256, 1) == 256
-    assert padded_batch_size(5, 256, 8) == 8
+    assert split_batch_size(32, 256) == 32
+    assert split_batch_size(33, 256) == 64
+    assert split_batch_size(1000, 256) == 256
 
 
 def test_progress_without_a_terminal_is_a_line_per_batch_and_a_heartbeat():

@@ -51,7 +51,9 @@ def test_evaluate_writes_metrics_and_plots(tools_workdir, tmp_path, capsys):
         assert_png_not_blank(os.path.join(out, name))
     captured = capsys.readouterr()
     assert "macro average" in captured.out and "adipose" in captured.out
-    assert re.search(r"\rtest: .* 0/3 ", captured.err)  # a progress bar over the 3 batches of 8
+    # Progress over the 3 batches of 8; captured, stderr is no terminal: a line per batch.
+    assert re.search(r"^test: 3 batches \(\d+s\)$", captured.err, re.M)
+    assert re.search(r"^test: batch 3/3 done \(\d+s\)$", captured.err, re.M)
 
 
 def test_evaluate_bootstrap_gives_intervals_around_the_metrics(tools_workdir, tmp_path, capsys):

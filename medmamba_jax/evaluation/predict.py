@@ -42,15 +42,15 @@ def batched_apply(
 
     ``fn`` and ``transform`` are static (hashable; a module-level function keeps one
     compilation across calls). ``transform``, if given, maps each raw batch to model input on
-    the device. Every batch is padded to one size, so one compilation serves all of
-    ``images``: ``batch_size``, or for a split smaller than that the power of two that holds
-    it (rounded up to a multiple of the device count), so that a small split is not padded,
-    and its memory paid for, many times over. ``progress``, if given, labels a
+    the device. Every batch is padded to ``batch_size`` (rounded up to a multiple of the
+    device count), so one compilation serves all of ``images``; ``split_batch_size`` keeps
+    that from padding a small split many times over. ``progress``, if given, labels a
     ``BatchProgress`` on stderr. ``between_batches``, if given, is called before each batch
     (it may raise to stop).
     """
     mesh = mesh or sharding.make_mesh()
-    batch_size = padded_batch_size(len(images), batch_size, mesh.devices.size)
+    n_devices = mesh.devices.size
+    batch_size = -(-batch_size // n_devices) * n_devices
     nnx.update(model, sharding.replicate(mesh, nnx.state(model)))
     share, out = sharding.local_share(batch_size), []
     starts = range(0, len(images), batch_size)
@@ -70,12 +70,13 @@ def batched_apply(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def padded_batch_size(n: int, batch_size: int, n_devices: int) -> int:
-    """The batch ``batched_apply`` pads every batch of ``n`` images to: ``batch_size``, or the
-    power of two that holds a smaller split, as a multiple of ``n_devices``."""
+def split_batch_size(n: int, batch_size: int) -> int:
+    """The batch to score a whole split of ``n`` images in: ``batch_size``, or for a smaller
+    split the power of two that holds it, so that a 32-image split is not padded (and its
+    memory paid for) to 256, while splits of similar sizes still share one compilation."""
     if 0 < n < batch_size:
-        batch_size = 1 << (n - 1).bit_length()
-    return -(-batch_size // n_devices) * n_devices
+        return 1 << (n - 1).bit_length()
+    return batch_size
 
 
 def predict_scores(

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
+from medmamba_jax.evaluation.predict import split_batch_size
 from medmamba_jax.models import MedMambaConfig
 from medmamba_jax.training import checkpointing, memory, model_init, optim, preemption, reporting, sharding, steps
 from medmamba_jax.training import config as config_lib
@@ -149,7 +150,8 @@ def _plan(config, info: dict, splits: dict, mesh, model) -> Run:
             print(f"done in {time.perf_counter() - began:.0f}s", flush=True)
         return run.train_step
 
-    budget = memory.device_budget(mesh.devices.flat[0], float(config.device_memory_gb))
+    # This process's own device: another host's cannot be asked for its memory.
+    budget = memory.device_budget(jax.local_devices()[0], float(config.device_memory_gb))
     asked = int(config.grad_accum_steps)
     if asked:
         compile_step(asked)
@@ -187,7 +189,8 @@ def evaluate(run: Run, model_def, model_state, split: str, between_batches=None)
     shown = bool(run.config.progress_bar) and jax.process_index() == 0
     with out_of_memory_as(f"evaluating the {split} split", "lower --config.eval_batch_size (a resume may change it)"):
         scores = predict_scores(
-            model, images, int(run.config.eval_batch_size), multi_label=run.info["multi_label"],
+            model, images, split_batch_size(len(images), int(run.config.eval_batch_size)),
+            multi_label=run.info["multi_label"],
             transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
             between_batches=between_batches,
         )
