@@ -185,7 +185,7 @@ def _finished(procs) -> list[subprocess.CompletedProcess]:
 
 def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, fake_medmnist_dir, tmp_path):
     """A SIGTERM to one host stops both after the same step (JAX's preemption sync point), in a
-    fresh run and in a resumed one that gets it before its first step; the pair resumed once
+    fresh run and in a resumed one that gets it before its first step finishes; the pair resumed once
     more ends with the reference run's losses."""
     workdir = str(tmp_path / "two")
     procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
@@ -203,7 +203,10 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
             break
     procs[1].send_signal(signal.SIGTERM)
     _assert_stopped_by_sigterm(workdir, _finished(procs))
-    assert _latest_steps(workdir)[-1] == first_stop + 1
+    # A notice is answered after the step in flight. Process 1 may already have dispatched its
+    # first step (and told the service it passed it) when process 0 prints that it resumed:
+    # JAX then names the step after that one.
+    assert first_stop + 1 <= _latest_steps(workdir)[-1] <= first_stop + 2
     resumed = _finished(_two_processes(workdir, fake_medmnist_dir, *RUN_ARGS))
     assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-3000:] + resumed[1].stderr[-3000:]
     assert "test accuracy" in resumed[0].stdout and "epoch" not in resumed[1].stdout  # only process 0 reports
