@@ -27,6 +27,7 @@ TOOLS = {
     "flops": ("medmamba_jax.flops", "parameters and FLOPs of a model variant"),
     "curves": ("medmamba_jax.curves", "training curves of one or more workdirs"),
     "convert": ("medmamba_jax.convert", "an upstream PyTorch .pth checkpoint -> a model directory"),
+    "export": ("medmamba_jax.export", "a trained model -> one jax.export or ONNX file that runs without medmamba-jax"),
     "reproduce": ("medmamba_jax.reproduce", "reproduce the paper's results"),
 }
 
