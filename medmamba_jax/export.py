@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import tempfile
+from types import ModuleType
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -140,6 +141,15 @@ def to_jax(fn: Callable, shape: tuple[int, ...]) -> bytes:
     return bytes(exported.serialize())
 
 
+def onnx_tools() -> tuple[ModuleType, ModuleType]:
+    """(jax2onnx, onnxruntime), or MissingExtra saying how to install them."""
+    from medmamba_jax import extras
+
+    with quiet_converter():  # importing jax2onnx loads its plugins
+        converter = extras.require("jax2onnx", "ONNX export", extras.JAX2ONNX_INSTALL)
+    return converter, extras.require("onnxruntime", "ONNX export", extras.install_command("export"))
+
+
 @contextlib.contextmanager
 def quiet_converter() -> Iterator[None]:
     """jax2onnx logs a traceback per plugin it skips for a library we do not use (equinox,
@@ -161,10 +171,8 @@ def to_onnx(fn: Callable, shape: tuple[int, ...]) -> bytes:
     import jax
     import jax.numpy as jnp
 
-    from medmamba_jax import extras
-
+    jax2onnx, _ = onnx_tools()
     with quiet_converter():
-        jax2onnx = extras.require("jax2onnx", "ONNX export", extras.install_command("export"))
         model = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((BATCH, *shape), jnp.uint8)], model_name="medmamba",
                                  opset=ONNX_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     # jax2onnx annotates some intermediate shapes in the wrong layout; ONNX Runtime warns about
@@ -183,9 +191,7 @@ def run_jax(path: str, images: np.ndarray) -> np.ndarray:
 
 def run_onnx(path: str, images: np.ndarray) -> np.ndarray:
     """Probabilities of ``images`` from the ONNX file at ``path``, on ONNX Runtime's CPU."""
-    from medmamba_jax import extras
-
-    ort = extras.require("onnxruntime", "Checking an ONNX export", extras.install_command("export"))
+    _, ort = onnx_tools()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
@@ -263,6 +269,8 @@ def source_of(args: argparse.Namespace, loaded: cli.Loaded) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = cli.writable_dir(args.out)  # refused before the minutes of loading and tracing
+    if args.format == "onnx":
+        onnx_tools()
     loaded = cli.load(args)
     os.makedirs(out, exist_ok=True)
     written = export(loaded, args.format, out, source_of(args, loaded))

@@ -6,11 +6,13 @@ the analysis tools need. The rest comes with an extra (see pyproject.toml)::
     torch    reading and writing upstream .pth files (convert, from_torch)
     folders  image-folder datasets (tensorflow-datasets, tensorflow-cpu)
     dicom    DICOM files in predict and explain (pydicom)
+    export   ONNX export (onnx, onnx-ir, onnxruntime; jax2onnx with --no-deps, as below)
 
 The ``medmnist`` package, whose table of datasets (class names, tasks, download addresses)
 names MedMNIST's files, is no extra: its own requirements bring torchvision and a CUDA build
 of torch, which it needs only for its PyTorch ``Dataset`` classes, and pip cannot install an
-extra without its dependencies. It is installed with ``--no-deps`` instead.
+extra without its dependencies. It is installed with ``--no-deps`` instead, as is ``jax2onnx``,
+which declares an older orbax-checkpoint than ours and libraries only its other plugins use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 from types import ModuleType
 
 MEDMNIST_INSTALL = 'pip install --no-deps "medmnist>=3.0.2"'
+JAX2ONNX_INSTALL = 'pip install "medmamba-jax[export]" && pip install --no-deps "jax2onnx>=0.17.1"'
 
 
 class MissingExtra(ImportError):

@@ -1,0 +1,101 @@
+"""medmamba export: the exported file runs in a process that never imports medmamba_jax (plain
+JAX, or ONNX Runtime), gives predict's probabilities, and refuses images of the wrong size or
+dtype with a message naming what it expects."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medmamba_jax import export, extras
+from medmamba_jax.analysis import cli
+
+# Runs model.json's usage lines, as a user would paste them, on images.npy in the export's
+# directory; saves the probabilities and the messages of two bad calls.
+USER_SCRIPT = r"""
+import json, os, sys
+import numpy as np
+os.chdir(sys.argv[1])
+manifest = json.load(open("model.json"))
+images = np.load("images.npy")
+namespace = {"images": images}
+exec("\n".join(manifest["usage"]), namespace)
+np.save("probabilities.npy", np.asarray(namespace["probabilities"]))
+refusals = []
+for bad in (images[:, :20], images.astype(np.float32)):
+    namespace["images"] = bad
+    try:
+        exec(manifest["usage"][-1], namespace)
+        refusals.append("accepted")
+    except Exception as err:
+        refusals.append(" ".join(str(err).split()))
+json.dump({"refusals": refusals, "imported_medmamba_jax": "medmamba_jax" in sys.modules}, open("report.json", "w"))
+"""
+
+# What each runtime says about a 20-pixel-high image and a float32 one, for a 28x28x3 uint8 input.
+REFUSALS = {
+    "jax": ("expected (batch, 28, 28, 3) and called with (3, 20, 28, 3)", "expected uint8 and called with float32"),
+    "onnx": ("invalid dimensions for input: images for the following indices index: 1 Got: 20 Expected: 28",
+             "Actual: (tensor(float)) , expected: (tensor(uint8))"),
+}
+
+
+@pytest.fixture(scope="module")
+def loaded(tools_workdir):
+    return cli.from_workdir(tools_workdir)
+
+
+@pytest.mark.parametrize("name", sorted(export.FORMATS))
+def test_the_exported_file_runs_without_us_and_matches_predict(name, tools_workdir, loaded, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert cli.run(export.main, ["--workdir", tools_workdir, "--format", name, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    file = out / export.FORMATS[name].file
+    assert printed.startswith(f"wrote {file} (") and "input: images uint8 (batch, 28, 28, 3)" in printed
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["label_names"] == loaded.label_names and manifest["input"]["shape"] == ["batch", 28, 28, 3]
+    assert manifest["bytes"] == os.path.getsize(file)
+
+    # 3 images: not the batch of 2 the export was checked on, so the batch really is open
+    images = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
+    np.save(out / "images.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["imported_medmamba_jax"] is False
+
+    probabilities = np.load(out / "probabilities.npy")
+    expected = loaded.scores(images, 2)
+    assert probabilities.shape == expected.shape == (3, len(loaded.label_names))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4, rtol=0)
+    for said, wanted in zip(report["refusals"], REFUSALS[name]):
+        assert wanted in said, said
+
+
+def test_the_linear_resize_as_matrices_is_the_eval_transform(loaded):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+    transform = loaded.transform
+    assert transform.resize == "linear" and transform.image_size == 64  # the case that needs the matrices
+    exportable = export.exportable_transform(transform, 28, 28)
+    assert exportable is not transform
+    np.testing.assert_allclose(np.asarray(exportable(images)), np.asarray(transform(images)), atol=1e-5, rtol=0)
+
+
+def test_export_refuses_in_one_line_before_loading(tools_workdir, tmp_path, capsys, monkeypatch):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert cli.run(export.main, ["--workdir", tools_workdir, "--format", "jax", "--out", str(taken)]) == 1
+    assert capsys.readouterr().err == f"error: output {taken} is a file, not a directory\n"
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)
+    missing = tmp_path / "missing-workdir"  # the converter is asked for first: this is never read
+    assert cli.run(export.main, ["--workdir", str(missing), "--format", "onnx", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: ONNX export needs jax2onnx, which is not installed: {extras.JAX2ONNX_INSTALL}\n"
