@@ -50,19 +50,42 @@ def loaded(tools_workdir):
     return cli.from_workdir(tools_workdir)
 
 
-@pytest.mark.parametrize("name", sorted(export.FORMATS))
-def test_the_exported_file_runs_without_us_and_matches_predict(name, tools_workdir, loaded, tmp_path, capsys):
+@pytest.fixture(scope="module", params=[("jax", "multi-class"), ("onnx", "multi-label, binary-class")],
+                ids=["jax-softmax", "onnx-sigmoid"])
+def sharp_model(request, loaded, tmp_path_factory):
+    """(format, model directory): the trained tiny model with its head's weights scaled up and
+    saved with the workdir's preprocessing and ``task``, so that its probabilities differ
+    between images far beyond the 1e-4 compared (four training steps leave them near 1/K)."""
+    import dataclasses
+
+    from medmamba_jax.checkpoints import save_model
+
+    name, task = request.param
+    kernel = loaded.model.head.kernel
+    original = kernel.get_value()
+    kernel.set_value(original * 300)
+    try:
+        directory = save_model(tmp_path_factory.mktemp("sharp"), loaded.model, dataclasses.replace(loaded.card(), task=task))
+    finally:
+        kernel.set_value(original)
+    return name, str(directory)
+
+
+def test_the_exported_file_runs_without_us_and_matches_predict(sharp_model, tmp_path, capsys):
+    name, model_dir = sharp_model
     out = tmp_path / "exported"
-    assert cli.run(export.main, ["--workdir", tools_workdir, "--format", name, "--out", str(out)]) == 0
+    assert cli.run(export.main, ["--checkpoint", model_dir, "--format", name, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     file = out / export.FORMATS[name].file
     assert printed.startswith(f"wrote {file} (") and "input: images uint8 (batch, 28, 28, 3)" in printed
+    reference = cli.from_checkpoint(model_dir, None, None)
     manifest = json.loads((out / "model.json").read_text())
-    assert manifest["label_names"] == loaded.label_names and manifest["input"]["shape"] == ["batch", 28, 28, 3]
+    assert manifest["label_names"] == reference.label_names and manifest["input"]["shape"] == ["batch", 28, 28, 3]
     assert manifest["bytes"] == os.path.getsize(file)
 
     # 3 images: not the batch of 2 the export was checked on, so the batch really is open
     images = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
+    images[1] //= 4  # a dark one: far from the others
     np.save(out / "images.npy", images)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out)], cwd=tmp_path, env=env, capture_output=True,
@@ -72,8 +95,9 @@ def test_the_exported_file_runs_without_us_and_matches_predict(name, tools_workd
     assert report["imported_medmamba_jax"] is False
 
     probabilities = np.load(out / "probabilities.npy")
-    expected = loaded.scores(images, 2)
-    assert probabilities.shape == expected.shape == (3, len(loaded.label_names))
+    expected = reference.scores(images, 2)  # what predict prints
+    assert probabilities.shape == expected.shape == (3, len(reference.label_names))
+    assert np.ptp(expected, axis=0).max() > 0.1, expected  # a comparison that can tell images apart
     np.testing.assert_allclose(probabilities, expected, atol=1e-4, rtol=0)
     for said, wanted in zip(report["refusals"], REFUSALS[name]):
         assert wanted in said, said
