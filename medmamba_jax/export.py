@@ -6,7 +6,7 @@ r"""Write a trained model as one file that runs without medmamba-jax: jax.export
 The file takes uint8 images (batch, H, W, C) as training stored them (28x28x3 for PathMNIST
 at size 28) and returns probabilities (batch, K) float32: softmax, or per-label sigmoid for a
 multi-label task. The resize to the model's input side and the normalisation are inside;
-the batch size is left open. Beside it, model.json gives the input's shape and dtype, the
+the batch size is left open. Beside it, model.onnx.json (model.jaxexport.json) gives the input's shape and dtype, the
 class names and the lines that load and run it. Before the file is put in place, it is run
 on a few random images and its probabilities are compared with `medmamba predict`'s.
 
@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from types import ModuleType
 from typing import Callable, Iterator, Sequence
 
@@ -70,7 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.parser_for("medmamba_jax.export", __doc__)
     cli.add_model_args(parser, checkpoint_ok=True)
     parser.add_argument("--format", choices=FORMATS, required=True, help="jax (jax.export) or onnx")
-    parser.add_argument("--out", required=True, help="directory to write the file and model.json in")
+    parser.add_argument("--out", required=True, help="directory to write the file and its .json in")
     return parser.parse_args(argv)
 
 
@@ -207,7 +206,7 @@ def largest_difference(loaded: cli.Loaded, run: Callable[[str, np.ndarray], np.n
 
 
 def manifest(loaded: cli.Loaded, name: str, size: int, difference: float, source: dict) -> dict:
-    """model.json: what the exported file takes and returns, and how to call it."""
+    """The JSON beside the file: what the exported file takes and returns, and how to call it."""
     import jax
 
     from medmamba_jax import __version__
@@ -231,8 +230,8 @@ def manifest(loaded: cli.Loaded, name: str, size: int, difference: float, source
 
 
 def export(loaded: cli.Loaded, name: str, out: str, source: dict | None = None) -> dict:
-    """Writes ``loaded``'s model in format ``name`` (a key of FORMATS) and its model.json into
-    the directory ``out``; returns the manifest. The file is written under a temporary name and
+    """Writes ``loaded``'s model in format ``name`` (a key of FORMATS) and its manifest (the
+    file's name plus .json) into the directory ``out``; returns the manifest. The file is written under a temporary name and
     checked against ``loaded.scores`` first: ToolError, and nothing replaced, when it differs
     by more than TOLERANCE."""
     from medmamba_jax.training.checkpointing import write_json
@@ -240,27 +239,33 @@ def export(loaded: cli.Loaded, name: str, out: str, source: dict | None = None) 
     chosen, (convert, run) = FORMATS[name], CONVERTERS[name]
     print(f"tracing with the {chosen.scan_impl} scan and writing {name} ...", file=sys.stderr, flush=True)
     data = convert(probability_function(loaded, chosen.scan_impl), input_shape(loaded))
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
+    path = os.path.join(out, chosen.file)
+    tmp = path + ".tmp"  # opened plainly, not by mkstemp: a file to deploy gets the usual permissions
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
         print(f"checking it against medmamba predict on {CHECK_IMAGES} random images ...", file=sys.stderr, flush=True)
         difference = largest_difference(loaded, run, tmp)
         if not difference <= TOLERANCE:
             raise cli.ToolError(f"the exported {name} model's probabilities differ from the model's by {difference:.2g} "
                                 f"(more than {TOLERANCE:g}); nothing written")
-        os.replace(tmp, os.path.join(out, chosen.file))
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     written = manifest(loaded, name, len(data), difference, source or {})
-    write_json(os.path.join(out, "model.json"), written)
+    write_json(manifest_path(path), written)
     return written
 
 
+def manifest_path(path: str) -> str:
+    """The JSON beside an exported file: its name plus .json (both formats fit in one directory)."""
+    return path + ".json"
+
+
 def source_of(args: argparse.Namespace, loaded: cli.Loaded) -> dict:
-    """Where the exported weights came from, for model.json."""
+    """Where the exported weights came from, for the manifest."""
     if args.checkpoint:
         return {"checkpoint": os.path.abspath(args.checkpoint)}
     return {"workdir": os.path.abspath(args.workdir), "checkpoint": loaded.checkpoint, "step": loaded.checkpoint_step}
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = export(loaded, args.format, out, source_of(args, loaded))
     path = os.path.join(out, written["file"])
     shape = ", ".join(map(str, written["input"]["shape"]))
-    print(f"wrote {path} ({written['bytes'] / 1e6:.1f} MB) and {os.path.join(out, 'model.json')}")
+    print(f"wrote {path} ({written['bytes'] / 1e6:.1f} MB) and {manifest_path(path)}")
     print(f"input: {INPUT_NAME} uint8 ({shape}); output: {OUTPUT_NAME} float32 ({BATCH}, {len(loaded.label_names)}), "
           f"{written['output']['is']}")
     print(f"largest difference from medmamba predict on {CHECK_IMAGES} random images: "

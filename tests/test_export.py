@@ -15,13 +15,13 @@ import pytest
 from medmamba_jax import export, extras
 from medmamba_jax.analysis import cli
 
-# Runs model.json's usage lines, as a user would paste them, on images.npy in the export's
+# Runs the manifest's usage lines, as a user would paste them, on images.npy in the export's
 # directory; saves the probabilities and the messages of two bad calls.
 USER_SCRIPT = r"""
 import json, os, sys
 import numpy as np
 os.chdir(sys.argv[1])
-manifest = json.load(open("model.json"))
+manifest = json.load(open(sys.argv[2]))
 images = np.load("images.npy")
 namespace = {"images": images}
 exec("\n".join(manifest["usage"]), namespace)
@@ -77,9 +77,11 @@ def test_the_exported_file_runs_without_us_and_matches_predict(sharp_model, tmp_
     assert cli.run(export.main, ["--checkpoint", model_dir, "--format", name, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     file = out / export.FORMATS[name].file
-    assert printed.startswith(f"wrote {file} (") and "input: images uint8 (batch, 28, 28, 3)" in printed
+    assert printed.startswith(f"wrote {file} (") and f") and {file}.json\n" in printed
+    assert "input: images uint8 (batch, 28, 28, 3)" in printed
     reference = cli.from_checkpoint(model_dir, None, None)
-    manifest = json.loads((out / "model.json").read_text())
+    with open(export.manifest_path(str(file))) as f:
+        manifest = json.load(f)
     assert manifest["label_names"] == reference.label_names and manifest["input"]["shape"] == ["batch", 28, 28, 3]
     assert manifest["bytes"] == os.path.getsize(file)
 
@@ -88,8 +90,8 @@ def test_the_exported_file_runs_without_us_and_matches_predict(sharp_model, tmp_
     images[1] //= 4  # a dark one: far from the others
     np.save(out / "images.npy", images)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out), export.manifest_path(str(file))],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["imported_medmamba_jax"] is False
