@@ -26,9 +26,15 @@ import sys
 from types import ModuleType
 from typing import Callable, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from medmamba_jax import __version__, extras
 from medmamba_jax.analysis import cli
+from medmamba_jax.data.transforms import EvalTransform
+from medmamba_jax.models.ss2d import SS2D
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 BATCH = "batch"  # the symbolic batch dimension's name in both formats
@@ -73,23 +79,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resize_matrix(source: int, target: int):
+def resize_matrix(source: int, target: int) -> np.ndarray:
     """(target, source) float32: jax.image.resize's antialiased linear resize of one axis, as
     the matrix that multiplies it (the resize is linear and separable)."""
-    import jax
-    import jax.numpy as jnp
-
     return np.asarray(jax.image.resize(jnp.eye(source, dtype=jnp.float32), (target, source), "linear", antialias=True))
 
 
-def exportable_transform(transform, height: int, width: int) -> Callable:
-    """``transform`` (an EvalTransform) for (b, height, width, C) uint8 images, with a linear
+def exportable_transform(transform: EvalTransform, height: int, width: int) -> Callable:
+    """``transform`` for (b, height, width, C) uint8 images, with a linear
     resize done as two matrix products: jax2onnx has no antialiased resize. The resize is
     linear, so resizing the 0-255 values before ``transform`` scales them is the same input
     up to rounding."""
-    import jax
-    import jax.numpy as jnp
-
     side = transform.image_size
     if transform.resize != "linear" or (height, width) == (side, side):
         return transform
@@ -106,11 +106,6 @@ def probability_function(loaded: cli.Loaded, scan_impl: str) -> Callable:
     """uint8 images (b, stored_size, stored_size, stored_channels) -> probabilities (b, K)
     float32 of ``loaded``'s model run with ``scan_impl``, its weights held as constants.
     ``loaded.model`` itself is left as it was."""
-    import jax
-    from flax import nnx
-
-    from medmamba_jax.models.ss2d import SS2D
-
     graphdef, state = nnx.split(loaded.model)
     transform = exportable_transform(loaded.transform, loaded.stored_size, loaded.stored_size)
 
@@ -132,9 +127,6 @@ def input_shape(loaded: cli.Loaded) -> tuple[int, int, int]:
 
 def to_jax(fn: Callable, shape: tuple[int, ...]) -> bytes:
     """``fn`` on uint8 (batch, *shape) as jax.export's serialized form, batch symbolic."""
-    import jax
-    import jax.numpy as jnp
-
     batch, = jax.export.symbolic_shape(BATCH)
     exported = jax.export.export(jax.jit(fn), platforms=JAX_PLATFORMS)(jax.ShapeDtypeStruct((batch, *shape), jnp.uint8))
     return bytes(exported.serialize())
@@ -142,8 +134,6 @@ def to_jax(fn: Callable, shape: tuple[int, ...]) -> bytes:
 
 def onnx_tools() -> tuple[ModuleType, ModuleType]:
     """(jax2onnx, onnxruntime), or MissingExtra saying how to install them."""
-    from medmamba_jax import extras
-
     with quiet_converter():  # importing jax2onnx loads its plugins
         converter = extras.require("jax2onnx", "ONNX export", extras.JAX2ONNX_INSTALL)
     return converter, extras.require("onnxruntime", "ONNX export", extras.install_command("export"))
@@ -167,9 +157,6 @@ def quiet_converter() -> Iterator[None]:
 def to_onnx(fn: Callable, shape: tuple[int, ...]) -> bytes:
     """``fn`` on uint8 (batch, *shape) as an ONNX model, batch symbolic; input and output named
     INPUT_NAME and OUTPUT_NAME."""
-    import jax
-    import jax.numpy as jnp
-
     jax2onnx, _ = onnx_tools()
     with quiet_converter():
         model = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((BATCH, *shape), jnp.uint8)], model_name="medmamba",
@@ -182,8 +169,6 @@ def to_onnx(fn: Callable, shape: tuple[int, ...]) -> bytes:
 
 def run_jax(path: str, images: np.ndarray) -> np.ndarray:
     """Probabilities of ``images`` from the jax.export file at ``path``."""
-    import jax
-
     with open(path, "rb") as f:
         return np.asarray(jax.export.deserialize(bytearray(f.read())).call(images))
 
@@ -207,10 +192,6 @@ def largest_difference(loaded: cli.Loaded, run: Callable[[str, np.ndarray], np.n
 
 def manifest(loaded: cli.Loaded, name: str, size: int, difference: float, source: dict) -> dict:
     """The JSON beside the file: what the exported file takes and returns, and how to call it."""
-    import jax
-
-    from medmamba_jax import __version__
-
     chosen = FORMATS[name]
     shape = [BATCH, *input_shape(loaded)]
     return {
@@ -231,10 +212,10 @@ def manifest(loaded: cli.Loaded, name: str, size: int, difference: float, source
 
 def export(loaded: cli.Loaded, name: str, out: str, source: dict | None = None) -> dict:
     """Writes ``loaded``'s model in format ``name`` (a key of FORMATS) and its manifest (the
-    file's name plus .json) into the directory ``out``; returns the manifest. The file is written under a temporary name and
-    checked against ``loaded.scores`` first: ToolError, and nothing replaced, when it differs
-    by more than TOLERANCE."""
-    from medmamba_jax.training.checkpointing import write_json
+    file's name plus .json) into the directory ``out``; returns the manifest. The file is
+    written under a temporary name and checked against ``loaded.scores`` first: ToolError, and
+    nothing replaced, when it differs by more than TOLERANCE."""
+    from medmamba_jax.training.checkpointing import write_json  # loads Orbax: not for --help
 
     chosen, (convert, run) = FORMATS[name], CONVERTERS[name]
     print(f"tracing with the {chosen.scan_impl} scan and writing {name} ...", file=sys.stderr, flush=True)

@@ -51,7 +51,7 @@ def test_the_version_is_the_same_everywhere(capsys):
 def test_the_command_lists_its_subcommands_and_refuses_unknown_ones(capsys):
     assert commands.main(["--help"]) == 0
     listed = capsys.readouterr().out
-    for name in ("train", "evaluate", "predict", "explain", "robustness", "flops", "curves", "convert"):
+    for name in ("train", "evaluate", "predict", "explain", "robustness", "flops", "curves", "convert", "export"):
         assert re.search(rf"^  {name} ", listed, re.M), name
     reproduce = os.path.exists(os.path.join(ROOT, "medmamba_jax", "reproduce.py"))
     assert bool(re.search(r"^  reproduce ", listed, re.M)) == reproduce
