@@ -182,7 +182,7 @@ def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.
     """Fits the temperature on the logits of validation ``images`` (N, H, W, C), saves it
     beside the checkpoint, and returns what it saved with its path as "file"."""
     from medmamba_jax.analysis import temperature
-    from medmamba_jax.evaluation.calibration import fit_temperature
+    from medmamba_jax.evaluation.calibration import TEMPERATURE_RANGE, fit_temperature
 
     cli.writable_dir(loaded.directory, "checkpoint directory")  # before the validation split is scored
     print(f"fitting a temperature on {len(images)} val images", file=sys.stderr)
@@ -190,8 +190,15 @@ def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.
     if not np.isfinite(logits).all():
         raise cli.ToolError("--calibrate: the model's scores on the validation split are NaN or inf")
     fit = fit_temperature(logits, labels, loaded.multi_label)
+    if fit.unbounded:
+        low, high = TEMPERATURE_RANGE
+        print(f"warning: the fitted temperature, {fit.temperature:.4g}, is no better than an end of the range "
+              f"searched ({low:g}-{high:g}): the validation split's likelihood keeps improving beyond it (every "
+              "image right, or a tiny split); it is saved, but look at reliability.png", file=sys.stderr)
+    val_ece = calibrated_scores(loaded, logits, labels, fit.temperature)[1]
     record = {"temperature": fit.temperature, "fitted_on": "val", "num_images": int(len(images)), "tta": args.tta,
-              "nll_before": fit.nll_before, "nll_after": fit.nll_after}
+              "nll_before": fit.nll_before, "nll_after": fit.nll_after,
+              "val_ece_before": val_ece.get("ece_uncalibrated", val_ece["ece"]), "val_ece_after": val_ece["ece"]}
     return {**record, "file": temperature.write(loaded.directory, loaded.model, record)}
 
 
@@ -269,8 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"not in the folder: {', '.join(n for n, s in zip(loaded.label_names, scored) if not s) or 'none'}")
     if calibration:
         print(f"calibration: temperature {calibration['temperature']:.4f} fitted on {calibration['num_images']} val "
-              f"images (NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}); {progress} ECE "
-              f"{metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}; saved to {calibration['file']}")
+              f"images (NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}, ECE "
+              f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}); {progress} ECE "
+              f"{metrics.get('ece_uncalibrated', metrics['ece']):.4f} -> {metrics['ece']:.4f}; saved to "
+              f"{calibration['file']}")
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
     return 0
 

@@ -64,6 +64,13 @@ def test_a_fitted_temperature_undoes_overconfidence(multi_label):
     assert after["ece"] < before / 2, (before, after)
 
 
+def test_a_split_the_model_gets_all_right_drives_the_temperature_to_its_bound():
+    logits = np.array([[[4.0, 0.0]], [[0.0, 3.0]], [[5.0, 1.0]]])
+    fit = fit_temperature(logits, np.array([0, 1, 0]), multi_label=False)
+    assert fit.unbounded and fit.temperature < 0.1 and fit.nll_after < 1e-6
+    assert not fit_temperature(*_overconfident(False, n=500), multi_label=False).unbounded
+
+
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_the_fitted_likelihood_is_that_of_the_averaged_probabilities(multi_label):
     """The NLL that picks the temperature scores what predict outputs: two passes' probabilities, averaged."""

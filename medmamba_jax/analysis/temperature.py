@@ -69,4 +69,5 @@ def write(directory: str, model: nnx.Module, record: dict[str, Any]) -> str:
 def describe(record: dict[str, Any], directory: str) -> str:
     """One line saying which temperature is applied and where it came from."""
     fitted = f", fitted on {record['num_images']} {record['fitted_on']} images" if "fitted_on" in record else ""
+    fitted += f" with --tta {record['tta']}" if record.get("tta") else ""
     return f"applying temperature {record['temperature']:.4f} ({path(directory)}{fitted})"

@@ -109,6 +109,9 @@ class TemperatureFit(NamedTuple):
     temperature: float
     nll_before: float  # at temperature 1
     nll_after: float
+    # The likelihood is as good at an end of TEMPERATURE_RANGE as at ``temperature``: it keeps
+    # improving beyond the range (a split with every image right drives T towards 0).
+    unbounded: bool
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> TemperatureFit:
@@ -122,4 +125,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -
 
     low, high = (math.log(t) for t in TEMPERATURE_RANGE)
     found = optimize.minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-5})
-    return TemperatureFit(math.exp(found.x), nll(0.0), float(found.fun))
+    nearer_end = low if found.x < (low + high) / 2 else high
+    unbounded = nll(nearer_end) <= found.fun + 1e-9
+    return TemperatureFit(math.exp(found.x), nll(0.0), float(found.fun), bool(unbounded))
