@@ -178,6 +178,11 @@ def check_finite(arrays: list[tuple[str, np.ndarray]], source: str) -> None:
         raise NonFiniteWeightsError(f"{source}: {describe_nonfinite(bad)}; such a model gives NaN scores")
 
 
+def weights_digest(model: nnx.Module) -> str:
+    """The :func:`digest` of ``model``'s weights, as ``save_model`` records it in weights.sha256."""
+    return digest(host_arrays(nnx.to_pure_dict(weights_state(model))))
+
+
 def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | None = None) -> Path:
     """Writes ``directory/model_config.json``, ``directory/state`` (Orbax) and the state's
     checksum ``directory/weights.sha256``. Returns the directory.
@@ -194,7 +199,7 @@ def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | 
     checkpointer.save(directory / STATE_DIR, weights, force=True)
     checkpointer.wait_until_finished()
     config = json.dumps({**model.config.to_dict(), **card.to_json()}, indent=2)
-    for name, text in ((CHECKSUM_FILE, digest(host_arrays(weights))), (CONFIG_FILE, config)):
+    for name, text in ((CHECKSUM_FILE, weights_digest(model)), (CONFIG_FILE, config)):
         tmp = directory / (name + ".tmp")
         tmp.write_text(text + "\n")
         tmp.replace(directory / name)

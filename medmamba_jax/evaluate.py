@@ -19,6 +19,16 @@ among all its classes, so an image predicted as a class the folder lacks counts 
 
     python -m medmamba_jax.evaluate --workdir runs/pneumoniamnist --folder cpn_xray/ \
         --class-map Normal=normal --drop-class COVID
+
+Calibration: metrics.json has "ece", the expected calibration error (15 equal-width bins;
+top-label, or for a multi-label task the mean of "per_label_ece"), and reliability.png
+draws it. --calibrate fits one temperature on the validation split (the first --limit images
+of it, as of the evaluated split), saves it beside the checkpoint (temperature.json), and
+reports the ECE before and after; a temperature saved so is applied by later evaluate and
+predict runs ("ece_uncalibrated" is then the ECE at temperature 1). --tta flip averages the
+probabilities of each image and its left-right mirror; metrics.json records "tta".
+
+    python -m medmamba_jax.evaluate --workdir runs/pathmnist --calibrate --tta flip
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medmamba_jax.analysis import cli
+from medmamba_jax.evaluation.calibration import ECE_BINS
 
 PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
@@ -50,6 +61,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=cli.int_at_least(0), default=0, metavar="N",
                         help="also give 95%% confidence intervals from N bootstrap draws, e.g. 1000 "
                         "(default: 0, none)")
+    cli.add_tta(parser)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a temperature on the validation split, save it beside the checkpoint for "
+                        "evaluate and predict to apply, and report the ECE before and after")
     args = parser.parse_args(argv)
     if args.bootstrap == 1:
         parser.error("argument --bootstrap: takes 0 (off) or at least 2 draws")
@@ -74,20 +89,27 @@ def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray,
     lines.append(f"{'macro average':<{width}} " + " ".join(f"{metrics[m]:>11.4f}" for m in PER_CLASS)
                  + f" {int(support.sum()):>8}")
     lines.append(f"accuracy {metrics['accuracy']:.4f}")
+    kind = "mean over labels" if "per_label_ece" in metrics else "top-label"
+    ece = f"ECE {metrics['ece']:.4f} ({kind}, {ECE_BINS} bins"
+    if "ece_uncalibrated" in metrics:
+        ece += f"; at temperature {metrics['temperature']:.4f}, {metrics['ece_uncalibrated']:.4f} without"
+    lines.append(ece + ")" + (f"; test-time augmentation: {metrics['tta']}" if metrics.get("tta") else ""))
     if "ci95" in metrics:
         lines.append(f"95% bootstrap intervals ({metrics['bootstrap_draws']} draws): " + ", ".join(
             f"{key} {low:.4f}-{high:.4f}" for key, (low, high) in metrics["ci95"].items()))
     return "\n".join(lines)
 
 
-def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndarray, scores: np.ndarray,
-                metrics: dict[str, Any], source: str) -> list[str]:
-    """The confusion and ROC figures, from metrics_and_outcomes' truth (N, K) and counts (K, 4);
-    ``source`` names the images in the titles ("pathmnist test")."""
+def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, truth: np.ndarray, counts: np.ndarray,
+                scores: np.ndarray, metrics: dict[str, Any], source: str) -> list[str]:
+    """The confusion, ROC and reliability figures, from ``labels`` (N,) or (N, K), probabilities
+    ``scores`` (N, K), and metrics_and_outcomes' truth (N, K) and counts (K, 4); ``source``
+    names the images in the titles ("pathmnist test")."""
     from medmamba_jax.analysis import plots
 
     names = loaded.label_names
     confusion_path, roc_path = os.path.join(out, "confusion_matrix.png"), os.path.join(out, "roc.png")
+    written = [confusion_path, roc_path]
     if loaded.multi_label:
         plots.multilabel_confusion(counts, names, f"{source}: per-label outcomes", confusion_path)
     else:
@@ -95,7 +117,16 @@ def write_plots(out: str, loaded: cli.Loaded, truth: np.ndarray, counts: np.ndar
                                f"{source}: confusion matrix (accuracy {metrics['accuracy']:.3f})", confusion_path)
     plots.roc(truth, scores, metrics["per_class_auc"], names,
               f"{source}: one-vs-rest ROC (macro AUC {metrics['auc']:.3f})", roc_path)
-    return [confusion_path, roc_path]
+    if np.isfinite(scores).all():
+        from medmamba_jax.evaluation.calibration import reliabilities
+
+        diagrams = reliabilities(labels, scores, loaded.multi_label)
+        named = list(zip(names, diagrams)) if loaded.multi_label else [("top label", diagrams[0])]
+        at = f"temperature {metrics['temperature']:.3g}" + (f", TTA {metrics['tta']}" if metrics.get("tta") else "")
+        kind = "mean per-label ECE" if loaded.multi_label else "ECE"
+        written.append(plots.reliability(named, f"{source}: reliability ({kind} {metrics['ece']:.4f}, {at})",
+                                         os.path.join(out, "reliability.png")))
+    return written
 
 
 def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
@@ -133,8 +164,65 @@ def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
     return np.stack(images), np.asarray(labels, np.int64), record
 
 
+def validation_split(loaded: cli.Loaded, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """--calibrate's images and labels: the workdir's validation split (its first ``limit``);
+    a one-line ToolError when the dataset gives none."""
+    why = "--calibrate fits the temperature on the validation split"
+    try:
+        images, labels = cli.load_split(loaded, "val", limit)
+    except cli.ToolError as err:
+        raise cli.ToolError(f"{why}, and this workdir's dataset gives none: {err}") from None
+    if not len(images):
+        raise cli.ToolError(f"{why}, and this workdir's validation split has no images")
+    return images, labels
+
+
+def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray,
+                             args: argparse.Namespace) -> dict[str, Any]:
+    """Fits the temperature on the logits of validation ``images`` (N, H, W, C), saves it
+    beside the checkpoint, and returns what it saved with its path as "file"."""
+    from medmamba_jax.analysis import temperature
+    from medmamba_jax.evaluation.calibration import TEMPERATURE_RANGE, fit_temperature
+
+    cli.writable_dir(loaded.directory, "checkpoint directory")  # before the validation split is scored
+    print(f"fitting a temperature on {len(images)} val images", file=sys.stderr)
+    logits = loaded.logits(images, args.batch_size, progress="val", tta=args.tta)
+    if not np.isfinite(logits).all():
+        raise cli.ToolError("--calibrate: the model's scores on the validation split are NaN or inf")
+    fit = fit_temperature(logits, labels, loaded.multi_label)
+    if fit.unbounded:
+        low, high = TEMPERATURE_RANGE
+        print(f"warning: the fitted temperature, {fit.temperature:.4g}, is no better than an end of the range "
+              f"searched ({low:g}-{high:g}): the validation split's likelihood keeps improving beyond it (every "
+              "image right, or a tiny split); it is saved, but look at reliability.png", file=sys.stderr)
+    val_ece = calibrated_scores(loaded, logits, labels, fit.temperature)[1]
+    record = {"temperature": fit.temperature, "fitted_on": "val", "num_images": int(len(images)), "tta": args.tta,
+              "nll_before": fit.nll_before, "nll_after": fit.nll_after,
+              "val_ece_before": val_ece.get("ece_uncalibrated", val_ece["ece"]), "val_ece_after": val_ece["ece"]}
+    return {**record, "file": temperature.write(loaded.directory, loaded.model, record)}
+
+
+def calibrated_scores(loaded: cli.Loaded, logits: np.ndarray, labels: np.ndarray,
+                      temperature: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """(probabilities (N, K) of pass logits (N, P, K) at ``temperature``, their ECE keys for
+    metrics.json: "ece", "per_label_ece" for multi-label, and "ece_uncalibrated" when the
+    temperature is not 1)."""
+    from medmamba_jax.evaluation.calibration import calibration_error
+    from medmamba_jax.evaluation.predict import probabilities
+
+    def scores_at(t: float) -> np.ndarray:
+        return np.asarray(probabilities(logits, t, loaded.multi_label))
+
+    scores = scores_at(temperature)
+    keys = {**calibration_error(labels, scores, loaded.multi_label), "temperature": temperature}
+    if temperature != 1.0:
+        keys["ece_uncalibrated"] = calibration_error(labels, scores_at(1.0), loaded.multi_label)["ece"]
+    return scores, keys
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from medmamba_jax.analysis import temperature
     from medmamba_jax.evaluation import metrics_and_outcomes
     from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
     from medmamba_jax.training.checkpointing import write_json
@@ -143,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split
     out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{name}"))
     loaded = cli.load(args)
+    validation = validation_split(loaded, args.limit) if args.calibrate else None
+    saved = None if args.calibrate else temperature.read(loaded.directory, loaded.model)
     if args.folder:
         images, labels, about = read_folder(loaded, args.folder, args.class_map, args.drop_class)
         source, progress = f"{loaded.config.dataset} model on {about['folder']}", "folder"
@@ -152,11 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bootstrap and len(images) < 2:
         raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {progress}"
                            f"{'' if args.folder else ' split'} gives {len(images)}")
+    calibration = fit_and_save_temperature(loaded, *validation, args) if validation else None
+    if calibration and not args.folder and args.split == "val":
+        print("warning: the temperature is fitted on the split it is evaluated on: its ECE after is optimistic",
+              file=sys.stderr)
+    if saved:
+        print(temperature.describe(saved, loaded.directory), file=sys.stderr)
+    applied = calibration or saved or {"temperature": 1.0}
     print(f"evaluating {len(images)} images: {source}", file=sys.stderr)
-    scores = loaded.scores(images, args.batch_size, progress=progress)
+    logits = loaded.logits(images, args.batch_size, progress=progress, tta=args.tta)
+    scores, ece = calibrated_scores(loaded, logits, labels, applied["temperature"])
     # On a folder, the macros cover the trained classes it holds; a split is scored as training scores it.
     scored = np.bincount(labels, minlength=len(loaded.label_names)) > 0 if args.folder else None
     metrics, truth, counts = metrics_and_outcomes(labels, scores, loaded.task, scored)
+    metrics.update(ece, tta=args.tta)
     if args.bootstrap:
         intervals = bootstrap_intervals(labels, scores, loaded.task, args.bootstrap, progress=progress, scored=scored)
         metrics.update(ci95=intervals, bootstrap_draws=args.bootstrap)
@@ -166,13 +265,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "num_images": int(len(images)), "label_names": loaded.label_names, "support": support.tolist()}
     if scored is not None:
         record["scored_classes"] = [n for n, s in zip(loaded.label_names, scored) if s]
+    if calibration:
+        record["calibration"] = calibration
     write_json(os.path.join(out, "metrics.json"), record)
-    written = write_plots(out, loaded, truth, counts, scores, metrics, source)
+    written = write_plots(out, loaded, labels, truth, counts, scores, metrics, source)
     detail = f"{len(images)} images, {loaded.checkpoint} checkpoint, step {loaded.checkpoint_step}"
     print(format_table(metrics, loaded.label_names, support, f"{source} ({detail})"))
     if scored is not None:
         print(f"scored classes (the macro averages): {', '.join(record['scored_classes'])}; "
               f"not in the folder: {', '.join(n for n, s in zip(loaded.label_names, scored) if not s) or 'none'}")
+    if calibration:
+        print(f"calibration: temperature {calibration['temperature']:.4f} fitted on {calibration['num_images']} val "
+              f"images (NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}, ECE "
+              f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}); {progress} ECE "
+              f"{metrics.get('ece_uncalibrated', metrics['ece']):.4f} -> {metrics['ece']:.4f}; saved to "
+              f"{calibration['file']}")
     print(f"wrote {os.path.join(out, 'metrics.json')}, " + ", ".join(written))
     return 0
 

@@ -9,6 +9,11 @@ transform); for a converted upstream checkpoint, the way the released PyTorch co
 evaluation decodes files (PIL's convert("RGB"), resize, normalise to [-1, 1]). A file that cannot be read gets a one-line error on stderr; the others are
 still classified, and the exit status is 1 if any file failed. Scores that are NaN or inf (a
 model loaded with --allow-nonfinite) give an error line for that file, never a prediction.
+
+A temperature saved beside the weights by ``evaluate --calibrate`` (temperature.json) divides
+the logits before the softmax; a line on stderr says so, and each JSON line gives it as
+"temperature". ``--tta flip`` averages the probabilities of each image and its left-right
+mirror (each JSON line then says "tta": "flip").
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
     parser.add_argument("--top-k", type=cli.int_at_least(1), default=3, help="classes to print per image (default: 3)")
     cli.add_batch_size(parser, 32)
+    cli.add_tta(parser)
     return parser.parse_args(argv)
 
 
@@ -54,8 +60,16 @@ def prediction_record(path: str, probs: np.ndarray, loaded: cli.Loaded, top_k: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from medmamba_jax.analysis import temperature as saved_temperature
+
     args = parse_args(argv)
     loaded = cli.load(args)
+    saved = saved_temperature.read(loaded.directory, loaded.model)
+    applied = {"temperature": saved["temperature"]} if saved else {}
+    if saved:
+        print(saved_temperature.describe(saved, loaded.directory), file=sys.stderr)
+    if args.tta:
+        applied["tta"] = args.tta
     # Files are read and printed a chunk at a time (memory stays bounded, output streams);
     # every chunk is padded to one batch size, so a short or partly unreadable chunk reuses
     # the first chunk's compilation.
@@ -64,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for start in range(0, len(args.images), batch_size):
         chunk = list(read_images(args.images[start : start + batch_size], loaded))
         good = [image for _, image in chunk if not isinstance(image, str)]
-        probs = iter(loaded.scores(np.stack(good), batch_size)) if good else iter(())
+        probs = iter(loaded.scores(np.stack(good), batch_size, temperature=applied.get("temperature", 1.0),
+                                   tta=args.tta)) if good else iter(())
         for path, image in chunk:  # input order, errors in place
             if isinstance(image, str):
                 failed += 1
@@ -73,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
                 print(f"error: {path}: the model's scores are NaN or inf; no prediction", file=sys.stderr, flush=True)
             else:
-                print(json.dumps(prediction_record(path, scores, loaded, args.top_k)), flush=True)
+                print(json.dumps({**prediction_record(path, scores, loaded, args.top_k), **applied}), flush=True)
     if failed:
         print(f"error: {failed} of {len(args.images)} files could not be read or classified", file=sys.stderr)
         return 1

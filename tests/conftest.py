@@ -116,6 +116,14 @@ def tools_workdir(tmp_path_factory) -> str:
     return workdir
 
 
+@pytest.fixture
+def workdir_copy(tools_workdir, tmp_path) -> str:
+    """A copy of the shared tools workdir that a test may damage."""
+    workdir = str(tmp_path / "copied")
+    shutil.copytree(tools_workdir, workdir)
+    return workdir
+
+
 def write_dicom(path: str, pixels: np.ndarray, frames: int = 1, colour: bool = False, **header) -> None:
     """A minimal DICOM file: 12-bit MONOCHROME2 of (H, W) pixels (8-bit if uint8), or RGB of (H, W, 3)
     ones if ``colour`` (8-bit, or 16-bit for uint16 pixels); with ``frames`` > 1 the pixels

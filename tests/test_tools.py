@@ -90,15 +90,15 @@ def test_predict_prints_top_k_and_reports_bad_files(tools_workdir, sample_images
 
 
 def test_predict_compiles_once_when_the_last_batch_is_short(tools_workdir, sample_images, capsys, monkeypatch):
-    from medmamba_jax.evaluation import predict as batching
+    from medmamba_jax.evaluation.predict import PassLogits
 
-    traced, softmax = [], batching._softmax_scores
+    traced, pass_logits = [], PassLogits.__call__
 
-    def counting_softmax(model, x):  # runs only while jit traces, so it counts compilations
+    def counting_pass_logits(self, model, x):  # runs only while jit traces, so it counts compilations
         traced.append(x.shape)
-        return softmax(model, x)
+        return pass_logits(self, model, x)
 
-    monkeypatch.setattr(batching, "_softmax_scores", counting_softmax)
+    monkeypatch.setattr(PassLogits, "__call__", counting_pass_logits)
     files = [sample_images[n] for n in ("rgb.png", "gray.png", "rgba.png", "photo.jpg", "scan.dcm")]
     probabilities = {}
     for batch_size in (2, 5):  # 5 images: batches of 2, 2 and a padded 1; then one batch
@@ -226,14 +226,6 @@ def test_missing_workdir(tmp_path, capsys):
     pth.write_bytes(b"")
     assert run(predict.main, ["--checkpoint", str(pth), "--image-size", "32", "x.png"]) == 1
     assert f"convert it first: python -m medmamba_jax.convert {pth} DIR" in capsys.readouterr().err
-
-
-@pytest.fixture
-def workdir_copy(tools_workdir, tmp_path) -> str:
-    """A copy of the shared tools workdir that a test may damage."""
-    workdir = str(tmp_path / "copied")
-    shutil.copytree(tools_workdir, workdir)
-    return workdir
 
 
 def test_a_moved_dataset_is_named_and_found_with_data_dir(workdir_copy, tmp_path, capsys):

@@ -276,13 +276,17 @@ def test_medmnistc_absent_or_present(monkeypatch):
 def test_evaluate_plots_of_a_multilabel_task(tmp_path):
     # The tools' end-to-end tests train a multi-class workdir; this is the multi-label branch.
     from medmamba_jax.evaluation import metrics_and_outcomes
+    from medmamba_jax.evaluation.calibration import calibration_error
 
     rng = np.random.default_rng(0)
     labels, scores = (rng.random((40, 3)) < 0.4).astype(int), rng.random((40, 3))
     metrics, truth, counts = metrics_and_outcomes(labels, scores, "multi-label, binary-class")
+    metrics.update(calibration_error(labels, scores, multi_label=True), temperature=1.0, tta=None)
     loaded = types.SimpleNamespace(label_names=["a", "b", "c"], multi_label=True,
                                    config=types.SimpleNamespace(dataset="chestmnist"))
-    for path in evaluate.write_plots(str(tmp_path), loaded, truth, counts, scores, metrics, "chestmnist test"):
+    written = evaluate.write_plots(str(tmp_path), loaded, labels, truth, counts, scores, metrics, "chestmnist test")
+    assert [os.path.basename(path) for path in written] == ["confusion_matrix.png", "roc.png", "reliability.png"]
+    for path in written:
         assert_png_not_blank(path)
 
 

@@ -50,6 +50,7 @@ class Loaded:
     checkpoint: str = ""  # which of a workdir's checkpoints was loaded: "best" or "latest"
     checkpoint_step: int = -1
     upstream_decoding: bool = False  # decode files as the released PyTorch code does (see image_files.to_stored)
+    directory: str = ""  # where the loaded weights live: a workdir checkpoint's step directory, or --checkpoint
 
     def card(self) -> ModelCard:
         """The model card that makes a model directory of this model feed and name it as here."""
@@ -76,13 +77,24 @@ class Loaded:
         resize = self.config.resize if self.config is not None else "linear"  # a workdir resizes as it trained
         return EvalTransform(self.image_size, self.in_chans, resize)
 
-    def scores(self, images: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
+    def scores(self, images: np.ndarray, batch_size: int, progress: str | None = None, temperature: float = 1.0,
+               tta: str | None = None) -> np.ndarray:
         """Probabilities (N, K) of stored uint8 images (N, H, W, C), in batches padded to
-        ``batch_size`` (one compilation for any N); ``progress`` labels a progress bar."""
+        ``batch_size`` (one compilation for any N); ``progress`` labels a progress bar. The
+        logits are divided by ``temperature``, and ``tta`` views averaged (``evaluation.predict``)."""
         from medmamba_jax.evaluation import predict_scores
 
-        return predict_scores(self.model, images, batch_size, multi_label=self.multi_label, transform=self.transform,
-                              progress=progress)
+        return predict_scores(self.model, images, batch_size, multi_label=self.multi_label, temperature=temperature,
+                              tta=tta, transform=self.transform, progress=progress)
+
+    def logits(self, images: np.ndarray, batch_size: int, progress: str | None = None,
+               tta: str | None = None) -> np.ndarray:
+        """Logits (N, P, K) of each of the P ``tta`` views of stored uint8 images (N, H, W, C),
+        batched as ``scores``; ``evaluation.predict.probabilities`` turns them into its scores."""
+        from medmamba_jax.evaluation.predict import PassLogits, batched_apply
+
+        return batched_apply(PassLogits(tta), self.model, images, batch_size, transform=self.transform,
+                             progress=progress)
 
 
 UPSTREAM_IMAGE_SIZE = 224  # the released weights' training resolution
@@ -166,6 +178,13 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_ok: bool) -> None
     add_allow_nonfinite(parser)
 
 
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    from medmamba_jax.evaluation.predict import TTA_MODES
+
+    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: flip averages the probabilities "
+                        "of each image and its left-right mirror (default: none)")
+
+
 def add_allow_nonfinite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="load weights that hold NaN or inf (refused by default: they give NaN scores)")
@@ -239,7 +258,8 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None,
     # images are resized to image_size when loaded (medmamba_jax.data.folder_source).
     stored = int(config.image_size) if config.dataset == "folder" else int(config.size)
     return Loaded(model, list(info["label_names"]), info["task"], int(config.image_size),
-                  int(info["n_channels"]), stored, config, bool(data_dir), kind, step)
+                  int(info["n_channels"]), stored, config, bool(data_dir), kind, step,
+                  directory=os.path.join(os.path.abspath(workdir), "checkpoints", kind, str(step)))
 
 
 @contextlib.contextmanager
@@ -309,7 +329,7 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None, 
     upstream = card.decoding == "upstream"
     stored_size = image_size if upstream or not card.stored_size else card.stored_size
     return Loaded(model, names, card.task, int(image_size), card.channels or int(model.config.in_chans),
-                  int(stored_size), upstream_decoding=upstream)
+                  int(stored_size), upstream_decoding=upstream, directory=os.path.abspath(directory))
 
 
 def resolve_split(split: str) -> str:

@@ -185,3 +185,45 @@ def _draw_curves(fig, axes, histories: list, best_metric: str) -> None:
     fig.legend(*loss_ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(histories), 3),
                fontsize=9, bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(histories) - 1) // 3)))
     fig.subplots_adjust(bottom=0.2 + 0.05 * ((len(histories) - 1) // 3))
+
+
+def reliability(diagrams: list, title: str, path: str, columns: int = 4) -> str:
+    """Reliability diagrams: one panel per named ``calibration.Reliability`` in ``diagrams``
+    [(name, reliability), ...] (one top-label panel, or one per label of a multi-label task).
+    Each panel's bars are how often the forecasts of a bin came true, hatched red the gap to
+    the bin's mean stated probability, the diagonal perfect calibration, and a histogram below
+    counts the forecasts per bin."""
+    columns = min(columns, len(diagrams))
+    rows = -(-len(diagrams) // columns)
+    side = 4.2 if len(diagrams) == 1 else 3.2
+    fig = plt.figure(figsize=(side * columns, side * 1.4 * rows), layout="constrained")
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[3, 1] * rows)
+    for i, (name, diagram) in enumerate(diagrams):
+        row, column = divmod(i, columns)
+        top, bottom = fig.add_subplot(grid[2 * row, column]), fig.add_subplot(grid[2 * row + 1, column])
+        _reliability_panel(top, bottom, name, diagram, first=i == 0, left=column == 0)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _reliability_panel(top, bottom, name: str, diagram, first: bool, left: bool) -> None:
+    bins = len(diagram.counts)
+    edges = np.linspace(0, 1, bins + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1 / bins
+    filled = diagram.counts > 0
+    frequency = np.where(filled, diagram.frequency, 0.0)
+    confidence = np.where(filled, diagram.confidence, 0.0)
+    top.bar(centres, frequency, width, color="tab:blue", edgecolor="black", lw=0.5, label="came true")
+    top.bar(centres[filled], (confidence - frequency)[filled], width, bottom=frequency[filled], color="none",
+            edgecolor="tab:red", hatch="//", lw=0.8, label="gap to stated")
+    top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="calibrated")
+    top.set(xlim=(0, 1), ylim=(0, 1))
+    top.set_title(f"{_short(name, 24)}\nECE {diagram.ece:.4f}", fontsize=9)
+    top.set_xticklabels([])
+    bottom.bar(centres, diagram.counts, width, color="gray", edgecolor="black", lw=0.5)
+    bottom.set(xlim=(0, 1), xlabel="stated probability")
+    if left:
+        top.set_ylabel("fraction true")
+        bottom.set_ylabel("count")
+    if first:
+        top.legend(fontsize=7, loc="upper left")

@@ -1,11 +1,19 @@
-"""Model scores for a whole split, in fixed-size batches sharded over the devices."""
+"""Model scores for a whole split, in fixed-size batches sharded over the devices.
+
+Scores may average test-time passes (``tta="flip"``: the image and its horizontal mirror)
+and divide the logits by a temperature first (``evaluation.calibration``): each pass's
+logits are scaled, turned into probabilities (softmax, or sigmoid per label), and the
+passes' probabilities averaged.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -18,12 +26,52 @@ def _apply(model, images, transform, fn):
     return fn(model, images if transform is None else transform(images))
 
 
-def _softmax_scores(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return jax.nn.softmax(model(x), axis=-1)
+TTA_MODES = ("flip",)
 
 
-def _sigmoid_scores(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(model(x))
+def tta_views(x: jax.Array, tta: str | None) -> list[jax.Array]:
+    """The test-time views of model input ``x`` (b, H, W, C): ``[x]``, or with ``tta="flip"``
+    ``[x, x mirrored left to right]``."""
+    if tta is None:
+        return [x]
+    if tta == "flip":
+        return [x, jnp.flip(x, axis=2)]
+    raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PassLogits:
+    """``fn`` for :func:`batched_apply`: the logits (b, P, K) of each of the P ``tta_views`` of
+    a batch, from one forward pass over the views stacked along the batch (eval-mode
+    BatchNorm makes each image's output independent of its batch)."""
+
+    tta: str | None = None
+
+    def __call__(self, model: nnx.Module, x: jax.Array) -> jax.Array:
+        views = tta_views(x, self.tta)
+        logits = model(jnp.concatenate(views) if len(views) > 1 else x)
+        return jnp.moveaxis(logits.reshape(len(views), len(x), -1), 0, 1)
+
+
+def probabilities(logits: jax.Array, temperature: float = 1.0, multi_label: bool = False) -> jax.Array:
+    """(..., K) class probabilities of pass logits (..., P, K): each pass's logits divided by
+    ``temperature``, then softmax (sigmoid per label when ``multi_label``), averaged over the P passes."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
+    return jnp.mean(probs, axis=-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """``fn`` for :func:`batched_apply`: :func:`probabilities` (b, K) of a batch's ``PassLogits``."""
+
+    multi_label: bool = False
+    temperature: float = 1.0
+    tta: str | None = None
+
+    def __call__(self, model: nnx.Module, x: jax.Array) -> jax.Array:
+        return probabilities(PassLogits(self.tta)(model, x), self.temperature, self.multi_label)
 
 
 def batched_apply(
@@ -85,6 +133,8 @@ def predict_scores(
     batch_size: int = 64,
     *,
     multi_label: bool = False,
+    temperature: float = 1.0,
+    tta: str | None = None,
     transform: Callable[[jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: str | None = None,
@@ -95,12 +145,12 @@ def predict_scores(
     ``images`` is model input (float32 NHWC, e.g. from ``medmamba_jax.data.preprocess``),
     or raw uint8 together with ``transform`` (a hashable callable such as
     ``data.eval_transform(config)``), applied per batch on the device. Probabilities are
-    softmax, or per-label sigmoid when ``multi_label``. The model is used as it is: call
-    ``model.eval()`` first for inference. Batching as in :func:`batched_apply`.
+    softmax, or per-label sigmoid when ``multi_label``, of the logits divided by
+    ``temperature``, averaged over the ``tta`` views (:func:`tta_views`). The model is used
+    as it is: call ``model.eval()`` first for inference. Batching as in :func:`batched_apply`.
     """
-    scores = _sigmoid_scores if multi_label else _softmax_scores
-    return batched_apply(scores, model, images, batch_size, transform=transform, mesh=mesh, progress=progress,
-                         between_batches=between_batches)
+    return batched_apply(Scores(multi_label, float(temperature), tta), model, images, batch_size, transform=transform,
+                         mesh=mesh, progress=progress, between_batches=between_batches)
 
 
 def _gather(x: jax.Array) -> jax.Array:
