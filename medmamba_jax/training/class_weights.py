@@ -72,5 +72,5 @@ def record(workdir: str, setting, weights: np.ndarray, train_labels: np.ndarray,
         "train_counts": [int(c) for c in counts], "train_images": len(train_labels),
     })
     source = f"balanced from {len(train_labels)} training images" if setting == "balanced" else "as given"
-    listed = ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights))
+    listed = ", ".join(f"{name} {w:.3f}" for name, w in zip(names, weights))
     return f"class weights ({source}; for {applies_to}): {listed}"
