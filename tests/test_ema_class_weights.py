@@ -1,5 +1,6 @@
 """Weight EMA and class weights: the EMA update and the weighted losses against hand computations,
-the config checks, and one tiny run with both that resumes bit for bit."""
+the balanced weights, both as settings of the run, and one tiny run with both that resumes bit for
+bit. Bad values of the keys are in test_train_units.test_bad_config_values."""
 
 import json
 import os
@@ -118,22 +119,6 @@ def test_balanced_weights_are_sklearns_and_negatives_over_positives_per_label():
 def test_class_weights_that_cannot_apply_are_one_line_errors(setting, labels, info, message):
     with pytest.raises(ConfigError, match=message):
         class_weights.resolve(setting, labels, info)
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\) \(0 = no EMA\), got 1.0"),
-    ("ema_decay", -0.1, r"ema_decay must be in \[0, 1\) \(0 = no EMA\), got -0.1"),
-    ("ema_decay", float("nan"), r"ema_decay must be in \[0, 1\)"),
-    ("eval_ema", True, r"eval_ema needs an EMA: set ema_decay"),
-    ("class_weights", "inverse", r"class_weights must be 'balanced' or a list of numbers > 0, got 'inverse'"),
-    ("class_weights", (1.0, 0.0), r"class_weights must be 'balanced' or a list of numbers > 0, got \(1.0, 0.0\)"),
-    ("class_weights", (), r"class_weights must be"),
-])
-def test_bad_ema_and_class_weight_settings_are_refused(key, value, message):
-    config = default_config()
-    config[key] = value
-    with pytest.raises(ConfigError, match=message):
-        validate(config)
 
 
 def test_ema_and_class_weights_are_settings_of_the_run():
