@@ -141,6 +141,7 @@ def _item_arrays(workdir: str, kind: str, step: int, item: str) -> dict[str, np.
     return {jax.tree_util.keystr(path): plain(x) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")  # read back on the devices that wrote it
 def test_a_run_with_ema_and_class_weights_resumes_bit_for_bit(tiny_config, tmp_path, capsys):
     """Two micro-steps per update, the EMA validated and kept as best, balanced class weights. The
     run resumed from its checkpoint in the middle of the epoch ends with the EMA, optimizer state and
