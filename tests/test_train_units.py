@@ -108,6 +108,14 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("dtype", "float64", r"dtype must be one of \['bfloat16', 'float16', 'float32'\], got 'float64'"),
     ("in_chans", 0, r"in_chans must be an integer >= 1, got 0"),
     ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\), got 1.0"),
+    # Weight EMA and class weights (tests/test_ema_class_weights.py has the rest).
+    ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\) \(0 = no EMA\), got 1.0"),
+    ("ema_decay", -0.1, r"ema_decay must be in \[0, 1\) \(0 = no EMA\), got -0.1"),
+    ("ema_decay", float("nan"), r"ema_decay must be in \[0, 1\)"),
+    ("eval_ema", True, r"eval_ema needs an EMA: set ema_decay"),
+    ("class_weights", "inverse", r"class_weights must be 'balanced' or a list of numbers > 0, got 'inverse'"),
+    ("class_weights", (1.0, 0.0), r"class_weights must be 'balanced' or a list of numbers > 0, got \(1.0, 0.0\)"),
+    ("class_weights", (), r"class_weights must be"),
 ])
 def test_bad_config_values(key, value, message):
     config = default_config()

@@ -9,11 +9,14 @@ The workdir contract, relied on by the evaluation tools::
     W/checkpoints/latest/   Orbax CheckpointManager, the 2 newest training states, one
                             directory per micro-step, items ``model`` (nnx.state of the
                             MedMamba: Params, BatchStats, RNG state), ``opt`` (optimizer
-                            state) and ``meta`` (JSON: step, epoch, best-so-far, model_config,
-                            and an epoch's train scalars while it awaits validation, and
+                            state; with ``ema_decay``, also the weights' EMA) and ``meta``
+                            (JSON: step, epoch, best-so-far, model_config, and an epoch's
+                            train scalars while it awaits validation, and
                             ``checksums``: the SHA-256 of each array item, checked on restore)
     W/checkpoints/best/     Orbax CheckpointManager, the one state with the best validation
-                            ``config.best_metric``; items ``model`` and ``meta``
+                            ``config.best_metric``; items ``model`` (with ``eval_ema``, the
+                            EMA weights, validated as such) and ``meta``
+    W/class_weights.json    with ``class_weights`` set: the weights and the training counts they came from
     W/results.json          test metrics of the best checkpoint: accuracy, auc, precision,
                             sensitivity, specificity, f1, per-class lists, step, epoch
     W/metrics.jsonl         one JSON object per log event: {"step", "epoch", "split", ...}

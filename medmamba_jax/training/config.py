@@ -63,6 +63,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 0  # micro-batches of batch_size / grad_accum_steps per update; 0 = the fewest that fit
     c.device_memory_gb = 0.0  # memory per device a train step may use; 0 = what the device reports
     c.seed = 0
+    # Both off in every recipe. class_weights: "balanced" (inverse class frequency in the training
+    # split), or one weight per class; for a multi-label task, one weight per label for its
+    # positives (negatives weigh 1). See training/class_weights.py.
+    c.class_weights = config_dict.placeholder(object)
+    # An exponential moving average of the parameters and, as timm's --model-ema, of the BatchNorm
+    # running statistics, updated after each optimizer update: ema = d * ema + (1 - d) * weights.
+    # 0 = off; see training/ema.py.
+    c.ema_decay = 0.0
+    c.eval_ema = False  # validate, keep as best, save and test the EMA weights (needs ema_decay > 0)
 
     # Checkpoints, evaluation and logging.
     c.best_metric = "auc"  # validation metric that picks the best checkpoint: any results.json key
@@ -108,6 +117,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"learning_rate and lr_gamma must be > 0 and weight_decay >= 0, got {config.learning_rate}, "
          f"{config.lr_gamma} and {config.weight_decay}"),
         (0 <= config.seed < 2**32, f"seed must be in [0, 2**32) (it seeds NumPy and JAX), got {config.seed}"),
+        (0 <= config.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = no EMA), got {config.ema_decay}"),
+        (not config.eval_ema or config.ema_decay > 0, "eval_ema needs an EMA: set ema_decay, e.g. 0.9999"),
+        (_valid_class_weights(config.class_weights),
+         f"class_weights must be 'balanced' or a list of numbers > 0, got {config.class_weights!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -119,6 +132,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.image_size < model.min_image_size:
         raise ConfigError(f"image_size {config.image_size} is too small for {len(model.dims)} stages: the last "
                           f"stage would have no pixels (at least {model.min_image_size})")
+
+
+def _valid_class_weights(weights: Any) -> bool:
+    if weights is None or weights == "balanced":
+        return True
+    return (isinstance(weights, (tuple, list)) and len(weights) > 0
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf") for w in weights))
 
 
 # What a resumed run may set differently: how long it goes on, how it reports, where it finds

@@ -25,7 +25,8 @@ from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
 from medmamba_jax.evaluation.predict import split_batch_size
 from medmamba_jax.models import MedMambaConfig
-from medmamba_jax.training import checkpointing, memory, model_init, optim, preemption, reporting, sharding, steps
+from medmamba_jax.training import (checkpointing, class_weights, ema, memory, model_init, optim, preemption, reporting,
+                                   sharding, steps)
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError, out_of_memory_as
 
@@ -60,6 +61,7 @@ class Run:
     model: nnx.Module
     optimizer: nnx.Optimizer
     schedule: Any
+    class_weights: np.ndarray | None = None  # (num_classes,), see training/class_weights.py
     train_step: Any = None  # the compiled step (jax.stages.Compiled), see steps.compile_train_step
 
     @property
@@ -84,6 +86,7 @@ def prepare(config, workdir: str | None = None) -> Run:
         _check_channels(config, images.shape[-1], f"{split} images in its files")
     # Steps map to epochs (and the schedule's milestones) through the train split's size.
     info["split_sizes"] = {split: len(labels) for split, (_, labels) in splits.items()}
+    weights = class_weights.resolve(config.class_weights, splits["train"][1], info)
     if workdir is not None:
         config = _with_accumulation(config, _saved_accumulation(config, workdir))
         check_same_run(config, workdir, info)
@@ -93,7 +96,7 @@ def prepare(config, workdir: str | None = None) -> Run:
     model = model_init.build(config, info["num_classes"])
     if config.init_from:
         model_init.initialise_from(model, config.init_from)
-    return _plan(config, info, splits, mesh, model)
+    return _plan(config, info, splits, mesh, model, weights)
 
 
 def _saved_accumulation(config, workdir: str) -> int:
@@ -116,7 +119,7 @@ def _with_accumulation(config, k: int):
     return resolved
 
 
-def _plan(config, info: dict, splits: dict, mesh, model) -> Run:
+def _plan(config, info: dict, splits: dict, mesh, model, weights: np.ndarray | None) -> Run:
     """The Run, with as many micro-batches per update as the config sets, or (0) the fewest
     whose compiled step fits the device."""
     images, labels = splits["train"]
@@ -133,8 +136,8 @@ def _plan(config, info: dict, splits: dict, mesh, model) -> Run:
         )
         resolved = _with_accumulation(config, k)
         tx, schedule = optim.make_tx(resolved, stream.steps_per_epoch // k)
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        return Run(resolved, info, splits, stream, mesh, model, optimizer, schedule)
+        optimizer = ema.make_optimizer(model, tx, float(config.ema_decay), k)
+        return Run(resolved, info, splits, stream, mesh, model, optimizer, schedule, weights)
 
     runs: dict[int, Run] = {}
 
@@ -145,7 +148,7 @@ def _plan(config, info: dict, splits: dict, mesh, model) -> Run:
             print(f"compiling the train step (micro-batch {micro})...", end=" ", flush=True)
         began = time.perf_counter()
         run.train_step = steps.compile_train_step(run.model, run.optimizer, run.stream, data_lib.train_transform(config),
-                                                  info["multi_label"], int(config.seed), mesh)
+                                                  info["multi_label"], int(config.seed), mesh, weights)
         if is_main:
             print(f"done in {time.perf_counter() - began:.0f}s", flush=True)
         return run.train_step
@@ -288,6 +291,12 @@ class Trainer:
         p.window_sum, p.window_count = p.window_sum + total, p.window_count + len(pending)
         pending.clear()
 
+    def _evaluated_state(self):
+        """The model state that validation, the best checkpoint and the test use: the EMA's with ``eval_ema``."""
+        if not self.config.eval_ema:
+            return self.model_state
+        return ema.averaged_state(self.model_state, self.opt_state)
+
     def _save_latest(self, epoch: int) -> None:
         checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
                            _meta(self.run, self.progress, epoch), self.opt_state)
@@ -351,8 +360,9 @@ class Trainer:
     def end_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
         """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line.
         A notice during the validation saves the epoch as awaiting it, and raises ``Preempted``."""
+        evaluated = self._evaluated_state()
         try:
-            val = evaluate(self.run, self.model_def, self.model_state, "val", between_batches=notice.check)
+            val = evaluate(self.run, self.model_def, evaluated, "val", between_batches=notice.check)
         except preemption.StopNow:
             if self.progress.step not in self.managers["latest"].all_steps():  # saved before validating
                 self._save_latest(epoch)
@@ -373,7 +383,7 @@ class Trainer:
             print(reporting.epoch_line(epoch, int(self.config.num_epochs), p.step, train, val,
                                        self.config.best_metric, improved), flush=True)
         if improved:
-            checkpointing.save(self.managers["best"], p.step, self.model_state, _meta(self.run, p, epoch))
+            checkpointing.save(self.managers["best"], p.step, evaluated, _meta(self.run, p, epoch))
         self._save_latest(epoch)
 
     def stopped_early(self) -> bool:
@@ -403,7 +413,7 @@ class Trainer:
         if restored is None:
             print("warning: no best checkpoint (validation metric never finite); testing the latest state")
             last_epoch = self.progress.step // self.run.steps_per_epoch - 1
-            model_state, meta = self.model_state, _meta(self.run, self.progress, last_epoch)
+            model_state, meta = self._evaluated_state(), _meta(self.run, self.progress, last_epoch)
         else:
             model_state, _, meta = restored
         metrics = evaluate(self.run, self.model_def, model_state, "test")
@@ -472,6 +482,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             if jax.process_index() == 0:  # with the micro-batch count chosen, which a resume keeps
                 checkpointing.write_json(os.path.join(workdir, "config.json"), run.config.to_dict())
                 checkpointing.write_json(os.path.join(workdir, checkpointing.DATASET_FILE), run.info)
+                if run.class_weights is not None:
+                    print(class_weights.record(workdir, run.config.class_weights, run.class_weights,
+                                               run.splits["train"][1], run.info), flush=True)
             with preemption.StopNotice() as notice:
                 trainer.fit(notice)
             return trainer.test()
