@@ -160,6 +160,9 @@ def _assert_stopped_by_sigterm(workdir, stopped: list[subprocess.CompletedProces
     """Every process stopped after the same step, which is the newest latest checkpoint."""
     said = [re.search(r"stopped by SIGTERM after step (\d+), which is saved: run the same command to resume$",
                       p.stderr.strip()) for p in stopped]
+    for p, match in zip(stopped, said):
+        if not match:  # pytest cuts long assertion messages; captured output is shown whole
+            print(f"--- stderr of {p.args[-1]}:\n{p.stderr}")
     assert all(said) and [p.returncode for p in stopped] == [143] * len(stopped), [p.stderr[-2000:] for p in stopped]
     assert len({m.group(1) for m in said}) == 1 and "Traceback" not in "".join(p.stderr for p in stopped)
     assert _latest_steps(workdir)[-1] == int(said[0].group(1))
@@ -208,6 +211,8 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
     # JAX then names the step after that one.
     assert first_stop + 1 <= _latest_steps(workdir)[-1] <= first_stop + 2
     resumed = _finished(_two_processes(workdir, fake_medmnist_dir, *RUN_ARGS))
+    if [p.returncode for p in resumed] != [0, 0]:
+        print(*(f"--- stderr of {p.args[-1]}:\n{p.stderr}" for p in resumed), sep="\n")
     assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-3000:] + resumed[1].stderr[-3000:]
     assert "test accuracy" in resumed[0].stdout and "epoch" not in resumed[1].stdout  # only process 0 reports
     _assert_losses_match_reference(workdir, reference_run, epochs=2)
