@@ -164,7 +164,7 @@ def _hints() -> list[tuple[str, str]]:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name)) as f:
                     text = f.read()
-                found += [(name, m) for m in re.findall(r"(python -m [a-z_][a-z0-9_.]*|pip install [^`'\n)]+)", text)]
+                found += [(name, m) for m in re.findall(r"(python -m [a-z_][a-z0-9_.]*|pip install [^`'\n)&]+)", text)]
     return found
 
 
