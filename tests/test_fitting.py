@@ -153,6 +153,22 @@ def test_progress_without_a_terminal_is_a_line_per_batch_and_a_heartbeat():
     assert lines[-2:][0].startswith("val: batch 1/2 done") and lines[-1].startswith("val: batch 2/2 done")
 
 
+
+def test_the_training_bar_redraws_its_clock_during_a_long_step_and_stops_when_closed(capsys):
+    bar = reporting.Progress(0, 100, 2812, 0, enabled=True, heartbeat_s=0.05)  # stderr is no terminal here
+    time.sleep(0.5)  # one long step, no update
+    bar.close()
+    drawn = capsys.readouterr().err
+    time.sleep(0.2)
+    assert capsys.readouterr().err == "", "the bar was drawn after it was closed"
+    clocks = re.findall(r"0/2812 \[(\d\d:\d\d)<", drawn)
+    assert len(clocks) >= 3 and "00:00" in clocks, drawn  # redrawn with the time, not only when created
+    quiet = reporting.Progress(0, 100, 2812, 0, enabled=False, heartbeat_s=0.05)
+    time.sleep(0.2)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "medmamba_jax")
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any
 
@@ -133,12 +134,26 @@ def _keep_records(path: str, keep) -> list[dict]:
 
 
 class Progress:
-    """A tqdm bar over an epoch's micro-steps showing loss, learning rate and images/s."""
+    """A tqdm bar over an epoch's micro-steps showing loss, learning rate and images/s.
 
-    def __init__(self, epoch: int, num_epochs: int, total: int, initial: int, enabled: bool):
+    Its clock is redrawn every ``tick_s`` (every ``heartbeat_s`` where stderr is no terminal)
+    while it is open: a step that takes minutes, as one of the paper's batches does on a
+    CPU, still shows time passing. ``close`` it on every path, or the redrawing goes on.
+    """
+
+    def __init__(self, epoch: int, num_epochs: int, total: int, initial: int, enabled: bool,
+                 tick_s: float = 1.0, heartbeat_s: float = 10.0):
         self._bar = tqdm.tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}",
                               disable=not enabled, dynamic_ncols=True, leave=False)
         self._last_time, self._last_n = time.perf_counter(), initial
+        self._closed = threading.Event()
+        if enabled:
+            every = tick_s if sys.stderr.isatty() else heartbeat_s
+            threading.Thread(target=self._redraw, args=(every,), daemon=True).start()
+
+    def _redraw(self, every: float) -> None:
+        while not self._closed.wait(every):
+            self._bar.refresh()  # tqdm holds its own lock around each draw
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)
@@ -154,6 +169,7 @@ class Progress:
         self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_sec:.1f}", refresh=False)
 
     def close(self) -> None:
+        self._closed.set()
         self._bar.close()
 
 

@@ -308,7 +308,29 @@ class Trainer:
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
                                  bool(config.progress_bar) and self.is_main)
-        began, pending, stop, in_flight = time.perf_counter(), [], False, None
+        began = time.perf_counter()
+        try:  # the bar redraws itself until closed, which an error's last line must not precede
+            stop = self._steps(epoch, start, end, notice, bar)
+        finally:
+            bar.close()
+        if self.progress.step < end:  # stopped, and saved, within the epoch
+            raise preemption.Preempted(self.progress.step)
+        seconds = time.perf_counter() - began
+        p = self.progress
+        p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
+                                 "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
+        # A validation that cannot run (eval_batch_size too large for the device, say) fails the
+        # first time a process validates: save before it, so that fixing it costs no training.
+        # Later validations compile and run the same program, and each save costs seconds.
+        if not self.validated_here or stop:
+            self._save_latest(epoch)
+        if stop:
+            raise preemption.Preempted(self.progress.step)
+
+    def _steps(self, epoch: int, start: int, end: int, notice: preemption.StopNotice, bar: reporting.Progress) -> bool:
+        """Micro-steps ``start`` to ``end`` (excluded) of ``epoch``, or up to a stop that ``notice``
+        asks for (then saved, and True returned)."""
+        config, pending, stop, in_flight = self.config, [], False, None
         for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
                                                                                int(config.prefetch))):
             self.model_state, self.opt_state, loss = self.train_step(
@@ -333,20 +355,7 @@ class Trainer:
         self._check_losses(pending)
         if in_flight is not None:
             bar.update()
-        bar.close()
-        if self.progress.step < end:  # stopped, and saved, within the epoch
-            raise preemption.Preempted(self.progress.step)
-        seconds = time.perf_counter() - began
-        p = self.progress
-        p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
-                                 "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
-        # A validation that cannot run (eval_batch_size too large for the device, say) fails the
-        # first time a process validates: save before it, so that fixing it costs no training.
-        # Later validations compile and run the same program, and each save costs seconds.
-        if not self.validated_here or stop:
-            self._save_latest(epoch)
-        if stop:
-            raise preemption.Preempted(self.progress.step)
+        return stop
 
     def _log_window(self, pending: list, epoch: int, bar: reporting.Progress) -> None:
         """Reports the mean loss of the epoch's steps since its last report."""
