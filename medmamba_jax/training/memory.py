@@ -85,11 +85,10 @@ def accumulation_choices(batch_size: int, n_devices: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The micro-batch count a run trains with, its compiled step, and the line that says why."""
+    """The micro-batch count a run trains with, and the line that says why (the caller keeps
+    the steps it compiled)."""
 
     grad_accum_steps: int
-    step: jax.stages.Compiled
-    need: int | None  # bytes the chosen step needs, if known
     message: str
 
 
@@ -111,9 +110,9 @@ def fit_batch(batch_size: int, n_devices: int, compile_step: Callable[[int], jax
         step = compile_step(k)
         need = step_bytes(step)
         if need is None:  # no analysis on this backend: train as asked and let an OOM say so
-            return Plan(k, step, None, "")
+            return Plan(k, "")
         if need <= budget.bytes:
-            return Plan(k, step, need, _chosen_line(batch_size, k, need, too_big, budget))
+            return Plan(k, _chosen_line(batch_size, k, need, too_big, budget))
         seen[micro], too_big = need, (micro, need)
     micro, need = too_big
     raise MemoryError(f"a micro-batch of {micro} image{'s' * (micro > 1)} per update needs {_gb(need)} and {budget.source}: "
