@@ -153,7 +153,6 @@ def test_progress_without_a_terminal_is_a_line_per_batch_and_a_heartbeat():
     assert lines[-2:][0].startswith("val: batch 1/2 done") and lines[-1].startswith("val: batch 2/2 done")
 
 
-
 def test_the_training_bar_redraws_its_clock_during_a_long_step_and_stops_when_closed(capsys):
     bar = reporting.Progress(0, 100, 2812, 0, enabled=True, heartbeat_s=0.05)  # stderr is no terminal here
     time.sleep(0.5)  # one long step, no update
