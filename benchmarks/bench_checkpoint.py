@@ -33,10 +33,10 @@ def main() -> None:
     from flax import nnx
 
     from medmamba_jax.checkpoints import digest, host_arrays, nonfinite_names
-    from medmamba_jax.models import VARIANTS, count_params
+    from medmamba_jax.models import MedMamba, MedMambaConfig, count_params
     from medmamba_jax.training import checkpointing
 
-    model = VARIANTS[args.model](num_classes=9, rngs=nnx.Rngs(params=0, dropout=1))
+    model = MedMamba(MedMambaConfig.preset(args.model, num_classes=9), rngs=nnx.Rngs(params=0, dropout=1))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     model_state, opt_state = nnx.state(model), nnx.state(optimizer)
     megabytes = sum(a.nbytes for state in (model_state, opt_state) for _, a in host_arrays(state)) / 2**20

@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medmamba_jax.configs import medmnist  # noqa: E402
 from medmamba_jax import data as data_lib  # noqa: E402
 from medmamba_jax.runtime import prefer_low_memory_cpu_schedule  # noqa: E402
+from medmamba_jax.models import MedMamba  # noqa: E402
+from medmamba_jax.training import config as config_lib  # noqa: E402
 from medmamba_jax.training import model_init, optim, sharding, steps  # noqa: E402
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     n = args.batch_size * args.steps * (2 * args.rounds + 1)
     stream = data_lib.TrainStream(rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8), rng.integers(0, 9, n),
                                   args.batch_size, 0)
-    model = model_init.build(config, 9)
+    model = MedMamba(config_lib.model_config(config, 9), rngs=model_init.init_rngs(config))
     tx, _ = optim.make_tx(config, 100)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     step_fn = steps.compile_train_step(model, optimizer, stream, data_lib.train_transform(config), False, 0, mesh)

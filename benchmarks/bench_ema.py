@@ -42,7 +42,9 @@ def main() -> None:
 
     from medmamba_jax import data as data_lib
     from medmamba_jax.configs import medmnist
+    from medmamba_jax.models import MedMamba
     from medmamba_jax.training import class_weights, ema, memory, model_init, optim, sharding, steps
+    from medmamba_jax.training import config as config_lib
 
     config = medmnist.get_config()
     config.image_size = args.image_size
@@ -55,7 +57,7 @@ def main() -> None:
             "jax": jax.__version__, "image_size": args.image_size, "batch_size": args.batch_size}
     compiled, states = {}, {}
     for name, settings in VARIANTS.items():
-        model = model_init.build(config, 9)
+        model = MedMamba(config_lib.model_config(config, 9), rngs=model_init.init_rngs(config))
         optimizer = ema.make_optimizer(model, optim.make_tx(config, 100)[0], settings.get("ema_decay", 0.0), 1)
         weights = class_weights.resolve(settings.get("class_weights"), labels, info)
         began = time.perf_counter()

@@ -14,7 +14,6 @@ result; the median over --repeats rounds, after a warm-up call each.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import statistics
@@ -33,12 +32,11 @@ def build(model_name: str, image_size: int):
     from flax import nnx
 
     from medmamba_jax.analysis import cli
-    from medmamba_jax.models import VARIANT_CONFIGS, build_model
+    from medmamba_jax.models import MedMamba, MedMambaConfig
 
-    config = dataclasses.replace(VARIANT_CONFIGS[model_name], num_classes=9)
-    model = build_model(config, nnx.Rngs(0))
+    model = MedMamba(MedMambaConfig.preset(model_name, num_classes=9), rngs=nnx.Rngs(0))
     model.eval()
-    labels = [f"class_{i}" for i in range(config.num_classes)]
+    labels = [f"class_{i}" for i in range(model.config.num_classes)]
     return cli.Loaded(model, labels, "multi-class", image_size, 3, image_size)
 
 

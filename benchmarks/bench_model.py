@@ -43,9 +43,9 @@ def measure(model_name: str, impl: str, image_size: int, batch: int, repeats: in
     import optax
     from flax import nnx
 
-    from medmamba_jax.models import VARIANTS
+    from medmamba_jax.models import MedMamba, MedMambaConfig
 
-    model = VARIANTS[model_name](num_classes=9, scan_impl=impl, rngs=nnx.Rngs(0))
+    model = MedMamba(MedMambaConfig.preset(model_name, num_classes=9, scan_impl=impl), rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-4, weight_decay=1e-4), wrt=nnx.Param)
     images = jax.random.normal(jax.random.key(0), (batch, image_size, image_size, 3))
     labels = jnp.arange(batch) % 9

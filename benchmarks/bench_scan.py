@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from benchmarks.common import median_seconds, record
 from medmamba_jax.ops import cross_selective_scan, selective_scan
-from medmamba_jax.ops.pallas_scan import DEFAULT_CONFIG, ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
+from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 
 # MedMamba-T at 224x224: (L, K*D) of the four stages, K = 4 directions, N = 16.
 STAGES = ((3136, 384), (784, 768), (196, 1536), (49, 3072))
@@ -58,14 +58,16 @@ def make_inputs(op: str, batch: int, length: int, channels: int, dtype) -> tuple
     )
 
 
-def scan_fn(op: str, impl: str, config: ScanConfig | None):
-    config = config or DEFAULT_CONFIG
+def scan_fn(op: str, impl: str, config: ScanConfig | None, interpret: bool | None = None):
+    """The scan ``op`` ('cross' or 'single') of ``impl``; ``config`` and ``interpret`` (None: the
+    Pallas kernel's defaults) reach the Pallas kernel only."""
+    config = config or ScanConfig()
     if op == "cross":
         if impl == "pallas":
-            return lambda *a: cross_selective_scan_pallas(*a, config=config)
+            return lambda *a: cross_selective_scan_pallas(*a, config=config, interpret=interpret)
         return lambda *a: cross_selective_scan(*a, impl=impl)
     if impl == "pallas":
-        return lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=config)
+        return lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=config, interpret=interpret)
     return lambda *a: selective_scan(*a, delta_softplus=True, impl=impl)
 
 

@@ -33,11 +33,13 @@ def main() -> None:
 
     from medmamba_jax import data as data_lib
     from medmamba_jax.configs import medmnist
+    from medmamba_jax.models import MedMamba
+    from medmamba_jax.training import config as config_lib
     from medmamba_jax.training import memory, model_init, optim, sharding, steps
 
     config = medmnist.get_config()
     mesh = sharding.make_mesh()
-    model = model_init.build(config, args.classes)
+    model = MedMamba(config_lib.model_config(config, args.classes), rngs=model_init.init_rngs(config))
     for micro in args.micro:
         rng = np.random.default_rng(0)
         stream = data_lib.TrainStream(rng.integers(0, 256, (micro, config.size, config.size, 3), dtype=np.uint8),

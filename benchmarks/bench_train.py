@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import medmnist as medmnist_config  # noqa: E402
 from medmamba_jax import data as data_lib  # noqa: E402
 from medmamba_jax.runtime import prefer_low_memory_cpu_schedule  # noqa: E402
+from medmamba_jax.models import MedMamba  # noqa: E402
+from medmamba_jax.training import config as config_lib  # noqa: E402
 from medmamba_jax.training import model_init, optim, sharding, steps  # noqa: E402
 
 
@@ -68,7 +70,7 @@ def bench_pipeline(config, mesh, stream, n_steps: int) -> float:
 
 
 def bench_train(config, mesh, stream, n_steps: int) -> dict:
-    model = model_init.build(config, 9)
+    model = MedMamba(config_lib.model_config(config, 9), rngs=model_init.init_rngs(config))
     tx, _ = optim.make_tx(config, steps_per_epoch=100)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     model_def, model_state = nnx.split(model)

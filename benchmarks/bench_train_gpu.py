@@ -24,16 +24,18 @@ from flax import nnx
 from benchmarks.common import median_seconds, record
 from medmamba_jax import models
 from medmamba_jax.data import TrainTransform
-from medmamba_jax.ops import pallas_scan
+from medmamba_jax.ops import ScanConfig
 from medmamba_jax.training import sharding, steps
 
 FACTORIES = {"t": models.medmamba_t, "s": models.medmamba_s, "b": models.medmamba_b}
 
 
-def bench(variant: str, dtype: str, scan_impl: str, batch: int, size: int, n_steps: int, classes: int) -> dict:
+def bench(variant: str, dtype: str, scan_impl: str, batch: int, size: int, n_steps: int, classes: int,
+          scan_config: ScanConfig) -> dict:
     """Times train.py's own step (``steps.make_train_step``: sharded, states donated) on uint8
     images already at ``size``, so the transform is only the normalisation."""
-    model = FACTORIES[variant](num_classes=classes, rngs=nnx.Rngs(0), scan_impl=scan_impl, dtype=dtype)
+    model = FACTORIES[variant](num_classes=classes, rngs=nnx.Rngs(0), scan_impl=scan_impl, dtype=dtype,
+                               scan_config=scan_config)
     model.train()
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
@@ -77,16 +79,16 @@ def main(argv=None) -> None:
     ap.add_argument("--pallas-config", default="", help="Pallas ScanConfig, e.g. tile=32,warps=1")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    pallas_scan.DEFAULT_CONFIG = pallas_scan.ScanConfig.parse(args.pallas_config)
+    scan_config = ScanConfig.parse(args.pallas_config)
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
-    meta["pallas_config"] = pallas_scan.DEFAULT_CONFIG.describe()
+    meta["pallas_config"] = scan_config.describe()
     print(json.dumps(meta), flush=True)
     rows = []
     for variant in args.variants:
         for dtype in args.dtypes:
             for impl in args.scan_impls:
                 try:
-                    row = bench(variant, dtype, impl, args.batch, args.size, args.steps, args.classes)
+                    row = bench(variant, dtype, impl, args.batch, args.size, args.steps, args.classes, scan_config)
                 except Exception as err:  # one failing configuration must not hide the others
                     row = {"variant": variant, "dtype": dtype, "scan_impl": impl, "error": repr(err)[:500]}
                 record(row, rows, meta, args.out)

@@ -183,7 +183,7 @@ def cross_scan_kernels(config: ScanConfig, stage: int) -> list[TritonKernel]:
     at one of bench_scan's MedMamba-T stage shapes (u2 (1, 2, L, D), delta (1, 4, L, D))."""
     length, channels = STAGES[stage]
     *inputs, dy = make_inputs("cross", 1, length, channels, jnp.float32)
-    return lower_to_triton(fwd_bwd(scan_fn("cross", "pallas", config)), *inputs, dy, with_ir=True)
+    return lower_to_triton(fwd_bwd(scan_fn("cross", "pallas", config, interpret=False)), *inputs, dy, with_ir=True)
 
 
 def stage_rows(config: ScanConfig, stage: int, archs: list[str], batch: int, workdir: str) -> Iterator[dict]:

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from medmamba_jax.models import MedMamba, MedMambaConfig, build_model
+from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
 class CheckpointError(ValueError):
@@ -112,21 +111,6 @@ def split_config(values: dict[str, Any]) -> tuple[dict[str, Any], ModelCard]:
     card_keys = ("preprocessing", "label_names", "task")
     architecture = {k: v for k, v in values.items() if k not in card_keys}
     return architecture, ModelCard.from_json({k: values[k] for k in card_keys if k in values})
-
-
-def shell_model(config: MedMambaConfig, seed: int = 0) -> MedMamba:
-    """A model with the right structure but no initialisation work, ready to be loaded into.
-
-    Parameters are abstract shapes (random initialisation would compile one XLA
-    program per parameter shape on the CPU); dropout streams get real keys.
-    """
-    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=seed, dropout=seed + 1)))
-    base = jax.random.key(seed)
-    streams = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)]
-    for index, stream in enumerate(streams):
-        stream.key.set_value(jax.random.fold_in(base, index))
-        stream.count.set_value(jnp.zeros((), jnp.uint32))
-    return model
 
 
 def weights_state(model: nnx.Module) -> nnx.State:
@@ -252,7 +236,7 @@ def load_model(directory: str | os.PathLike, *, scan_impl: str | None = None, se
     config = MedMambaConfig.from_dict(values)
     if card.label_names is not None and len(card.label_names) != config.num_classes:
         raise CheckpointError(f"{config_path}: {len(card.label_names)} label_names for {config.num_classes} outputs")
-    model = shell_model(config, seed)
+    model = MedMamba.abstract(config, seed=seed)
     state = weights_state(model)
     targets = restore_targets(nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()

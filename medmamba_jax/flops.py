@@ -51,11 +51,11 @@ How the paper counted (the convention above reproduces it):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from medmamba_jax.models import BLOCKS, VARIANTS
+    from medmamba_jax.models import BLOCKS, PRESETS
 
     parser = cli.parser_for("medmamba_jax.flops", __doc__)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", choices=sorted(VARIANTS), default="medmamba_t", help="variant (default: medmamba_t)")
+    which.add_argument("--model", choices=sorted(PRESETS), default="medmamba_t", help="variant (default: medmamba_t)")
     which.add_argument("--all", action="store_true", help="all three variants, beside Table 1")
     which.add_argument("--ablation", action="store_true", help="MedMamba-T with each Table 7 block, beside Table 7")
     parser.add_argument("--block", choices=BLOCKS, default="full", help="the block (default: full, the released one)")
@@ -95,14 +95,16 @@ def paper_values(name: str, block: str, args: argparse.Namespace, custom: bool) 
 def measure(name: str, block: str, args: argparse.Namespace) -> dict[str, Any]:
     """Parameters, MACs by convention and (unless --no-xla) XLA FLOPs of one model at ``args.image_size``."""
     from medmamba_jax.analysis import flop_count
-    from medmamba_jax.models import VARIANTS, count_params
+    from medmamba_jax.models import MedMamba, MedMambaConfig, count_params
 
     overrides = {k: tuple(v) for k, v in (("depths", args.depths), ("dims", args.dims)) if v}
     try:
-        model = flop_count.abstract_model(lambda rngs: VARIANTS[name](
-            args.num_classes, rngs=rngs, scan_impl=args.scan_impl, block=block, **overrides))
+        config = MedMambaConfig.preset(name, num_classes=args.num_classes, scan_impl=args.scan_impl, block=block,
+                                       **overrides)
     except ValueError as err:  # a bad --depths/--dims/--num-classes: the config names it
         raise cli.ToolError(str(err)) from None
+    model = MedMamba.abstract(config)  # weights as shapes only: costs need no values
+    model.eval()
     if args.image_size < model.config.min_image_size:
         raise cli.ToolError(f"--image-size must be at least {model.config.min_image_size} for this model "
                             f"(patch size {model.config.patch_size}, {len(model.config.dims) - 1} merges), "
@@ -141,13 +143,13 @@ HEADER = (f"{'model':<19} {'block':<16} {'image':>5} {'params':>12} {'hooks':>8}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from medmamba_jax.models import BLOCKS, VARIANTS
+    from medmamba_jax.models import BLOCKS, PRESETS
 
     args = parse_args(argv)
     if args.ablation:
         jobs = [("medmamba_t", block) for block in BLOCKS]
     else:
-        jobs = [(name, args.block) for name in (VARIANTS if args.all else [args.model])]
+        jobs = [(name, args.block) for name in (PRESETS if args.all else [args.model])]
     if not args.json:
         print(HEADER, flush=True)
     for name, block in jobs:  # a row as soon as it is counted: a model at 224 compiles for a minute

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from medmamba_jax import extras
-from medmamba_jax.checkpoints import CheckpointError, ModelCard, check_finite, shell_model
+from medmamba_jax.checkpoints import CheckpointError, ModelCard, check_finite
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
@@ -360,7 +360,7 @@ def from_torch(
         check_finite(list(state_dict.items()), source)
     config = infer_config(state_dict, scan_impl=scan_impl, drop_path_rate=drop_path_rate)
     _check_card_arguments(config, image_size, label_names)
-    model = shell_model(config, seed)
+    model = MedMamba.abstract(config, seed=seed)
     load_state_dict_into(model, state_dict)
     model.eval()
     model.card = ModelCard.upstream(config.in_chans, image_size, label_names)

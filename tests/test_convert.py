@@ -205,10 +205,10 @@ def test_a_pickled_whole_model_asks_for_its_state_dict(tmp_path):
 def test_architecture_is_inferred_for_other_shapes(depths, dims, d_state, num_classes, in_chans, patch_size):
     from flax import nnx
 
-    from medmamba_jax.models import MedMamba
+    from medmamba_jax.models import MedMamba, MedMambaConfig
 
-    source = MedMamba(depths, dims, d_state=d_state, num_classes=num_classes, in_chans=in_chans,
-                      patch_size=patch_size, rngs=nnx.Rngs(3))
+    source = MedMamba(MedMambaConfig(depths, dims, d_state=d_state, num_classes=num_classes, in_chans=in_chans,
+                                     patch_size=patch_size), rngs=nnx.Rngs(3))
     model = from_torch(to_torch_state_dict(source))
     cfg = model.config
     assert (cfg.depths, cfg.dims, cfg.d_state, cfg.num_classes, cfg.in_chans, cfg.patch_size) == (

@@ -13,8 +13,9 @@ import optax
 import pytest
 from flax import nnx
 
+from medmamba_jax.models import MedMamba
 from medmamba_jax.training import class_weights, ema, model_init, steps
-from medmamba_jax.training.config import default_config, run_changes, validate
+from medmamba_jax.training.config import default_config, model_config, run_changes, validate
 from medmamba_jax.training.errors import ConfigError
 
 
@@ -160,7 +161,7 @@ def test_a_run_with_ema_and_class_weights_resumes_bit_for_bit(tiny_config, tmp_p
 
     averages = {path: x for path, x in _item_arrays(whole, "latest", 12, "opt").items() if path.startswith("['ema']")}
     best = _item_arrays(whole, "best", 12, "model")
-    shell = model_init.build(tiny_config, num_classes=9)
+    shell = MedMamba(model_config(tiny_config, num_classes=9), rngs=model_init.init_rngs(tiny_config))
     assert len(averages) == len(jax.tree.leaves(nnx.state(shell, ema.AVERAGED))) > 0  # Params and BatchNorm statistics
     for path, average in averages.items():
         np.testing.assert_array_equal(best[path.removeprefix("['ema']")], average, err_msg=path)

@@ -9,7 +9,7 @@ import pytest
 from medmamba_jax import flops
 from medmamba_jax.analysis import flop_count
 from medmamba_jax.analysis.cli import run
-from medmamba_jax.models import BLOCKS, MedMamba
+from medmamba_jax.models import BLOCKS, MedMamba, MedMambaConfig
 
 
 def test_products_with_batch_dimensions_are_counted_apart():
@@ -20,7 +20,7 @@ def test_products_with_batch_dimensions_are_counted_apart():
 
 
 def test_scan_cost_is_vmambas_9_l_d_n_plus_l_d():
-    model = flop_count.abstract_model(lambda rngs: MedMamba((1, 1), (8, 16), num_classes=3, rngs=rngs))
+    model = MedMamba.abstract(MedMambaConfig((1, 1), (8, 16), num_classes=3))
     # Stage 1: 8x8 pixels, 4 directions x d_inner 8; stage 2: 4x4, 4 x 16; d_state 16.
     expected = sum(9 * length * d * 16 + length * d for length, d in ((64, 32), (16, 64)))
     assert flop_count.scan_macs(model, 32) == expected == 445_440

@@ -1,5 +1,7 @@
 """MedMamba against the upstream PyTorch model's golden vectors, plus structural checks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from flax import nnx
 from medmamba_jax import from_torch
 from medmamba_jax.models import (
     MedMamba,
+    MedMambaConfig,
     PatchMerging2D,
     channel_shuffle,
     count_params,
@@ -112,7 +115,7 @@ def test_batch_norm_running_statistics_follow_pytorch():
 ])
 def test_bad_config_fields_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
-        MedMamba((1, 1), (8, 16), rngs=nnx.Rngs(0), **{field: value})
+        MedMamba(MedMambaConfig(depths=(1, 1), dims=(8, 16), **{field: value}), rngs=nnx.Rngs(0))
 
 
 def test_scan_impls_agree_in_the_whole_model(golden):
@@ -123,8 +126,8 @@ def test_scan_impls_agree_in_the_whole_model(golden):
 
 
 def test_stochastic_depth_only_in_train_mode():
-    model = MedMamba((1, 1), (8, 16), num_classes=3, drop_path_rate=0.9, rngs=nnx.Rngs(0))
-    deep = MedMamba((2, 3), (8, 16), num_classes=3, drop_path_rate=0.5, rngs=nnx.Rngs(0))
+    model = MedMamba(MedMambaConfig((1, 1), (8, 16), num_classes=3, drop_path_rate=0.9), rngs=nnx.Rngs(0))
+    deep = MedMamba(MedMambaConfig((2, 3), (8, 16), num_classes=3, drop_path_rate=0.5), rngs=nnx.Rngs(0))
     rates = [block.drop_path.rate for stage in deep.layers for block in stage.blocks]
     np.testing.assert_allclose(rates, np.linspace(0.0, 0.5, 5))  # growing with depth, from 0, as upstream
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
@@ -174,7 +177,7 @@ def test_odd_sizes_drop_the_last_row_and_column():
     out = merge(x)
     assert out.shape == (1, 3, 2, 8)
     np.testing.assert_allclose(out, merge(x[:, :6, :4]), rtol=0, atol=0)
-    model = MedMamba((1, 1, 1), (8, 16, 32), num_classes=2, rngs=nnx.Rngs(0))
+    model = MedMamba(MedMambaConfig((1, 1, 1), (8, 16, 32), num_classes=2), rngs=nnx.Rngs(0))
     assert model(jnp.ones((1, 36, 44, 3))).shape == (1, 2)
 
 
@@ -208,3 +211,64 @@ def test_medmamba_t_full_size_parity():
     assert rel_err(logits, golden["logits_eval"]) <= TOL
     for name, value in intermediates.items():
         assert rel_err(value, golden[name]) <= TOL, name
+
+
+def test_a_model_directory_written_before_the_config_restructuring_loads_unchanged(tmp_path):
+    """tests/data/model_dir_v0 was written by save_model before MedMamba took a MedMambaConfig."""
+    from medmamba_jax.checkpoints import load_model, save_model
+
+    saved = np.load(DATA / "model_dir_v0_logits.npz")
+    model = load_model(DATA / "model_dir_v0")
+    card = model.card
+    assert (model.config.block, model.config.d_state, card.label_names) == ("split_no_shuffle", 4, ("a", "b", "c"))
+    graph, state = nnx.split(model)  # jitted: eager ops would compile one by one (20 s here)
+    logits = jax.jit(lambda s, x: nnx.merge(graph, s)(x))(state, jnp.asarray(saved["x"]))
+    np.testing.assert_allclose(logits, saved["logits"], rtol=1e-5, atol=1e-8)  # |logits| ~ 4e-3
+    save_model(tmp_path, model)  # and it writes the same model_config.json
+    written = (tmp_path / "model_config.json").read_text()
+    assert written == (DATA / "model_dir_v0" / "model_config.json").read_text()
+
+
+def test_a_training_workdir_written_before_the_config_restructuring_loads_unchanged():
+    """tests/data/workdir_v0: configs/smoke.py trained on fake pathmnist by train.py before the
+    restructuring (its tensorboard events and curves.png left out). The same weights into the same
+    config give the same logits, checked on model_dir_v0 above; compiling a second model for its
+    logits would cost seconds."""
+    from medmamba_jax.checkpoints import weights_digest
+    from medmamba_jax.training.checkpointing import load_trained
+
+    model, config = load_trained(str(DATA / "workdir_v0"), "best")
+    assert config.model == "medmamba_t" and model.config.to_dict() == {
+        "depths": (1, 1), "dims": (8, 16), "d_state": 16, "num_classes": 9, "in_chans": 3, "patch_size": 4,
+        "drop_path_rate": 0.1, "scan_impl": "auto", "dtype": "float32", "block": "full"}
+    # weights_digest of the model load_trained gave before the restructuring
+    assert weights_digest(model) == "0c36aff6064bbd969a8fd16428945553a67e7100b236f341b4a84cb1b197069e"
+
+
+def test_presets_take_overrides_and_factories_wrap_them():
+    config = MedMambaConfig.medmamba_b(num_classes=9, block="ssm_only")
+    assert (config.depths, config.dims, config.num_classes, config.block) == (
+        (2, 2, 12, 2), (128, 256, 512, 1024), 9, "ssm_only")
+    assert MedMambaConfig.preset("medmamba_s", d_state=8) == MedMambaConfig.medmamba_s(d_state=8)
+    with pytest.raises(ValueError, match=r"unknown model 'vit'; choose one of \('medmamba_t', 'medmamba_s', 'medmamba_b"):
+        MedMambaConfig.preset("vit")
+    small = {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}  # a fast build; the presets' own are counted above
+    model = nnx.eval_shape(lambda: medmamba_s(3, rngs=nnx.Rngs(0), drop_path_rate=0.2, **small))
+    assert model.config == MedMambaConfig.medmamba_s(num_classes=3, drop_path_rate=0.2, **small)
+    with pytest.raises(TypeError, match="MedMamba takes a MedMambaConfig, .*; got dict"):
+        MedMamba(model.config.to_dict(), rngs=nnx.Rngs(0))
+
+
+def test_scan_settings_reach_every_ss2d_and_are_not_saved():
+    from medmamba_jax.ops import ScanConfig
+
+    scan = ScanConfig(tile=8, seg=2)
+    config = MedMambaConfig((1, 2), (8, 16), scan_impl="pallas", scan_config=scan, scan_interpret=True)
+    model = MedMamba.abstract(config)
+    blocks = [block.self_attention for stage in model.layers for block in stage.blocks]
+    assert len(blocks) == 3 and all((b.scan_config, b.scan_interpret) == (scan, True) for b in blocks)
+    saved = config.to_dict()
+    assert "scan_config" not in saved and "scan_interpret" not in saved
+    assert MedMambaConfig.from_dict(saved) == dataclasses.replace(config, scan_config=ScanConfig(), scan_interpret=None)
+    with pytest.raises(ValueError, match=r"unknown MedMamba config keys: \['scan_interpret'\]"):
+        MedMambaConfig.from_dict({**saved, "scan_interpret": True})

@@ -2,7 +2,7 @@
 
 Structured like JAX's own Pallas op tests: ``PallasScanTest`` runs the compiled kernel
 and needs a GPU; ``PallasScanInterpretTest`` re-runs every test with
-``pallas_scan.INTERPRET = True``, so the CPU CI checks the same kernel code.
+``interpret=True`` passed to the kernels, so the CPU CI checks the same kernel code.
 ``TritonLoweringTest`` lowers the kernels for a CUDA target on any host, so the CPU CI
 also catches operations that the interpreter runs but the Triton lowering rejects.
 Plain ``unittest`` classes, so they also run without pytest:
@@ -28,6 +28,8 @@ from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grad
 
 # Small unrolled segments keep interpret-mode compile times short; the defaults are tested too.
 SMALL = ScanConfig(tile=8, seg=2, ckpt_segs=2)
+# Lowered for CUDA on any host, so never interpreted.
+COMPILED_CROSS_SCAN = functools.partial(cross_selective_scan_pallas, interpret=False)
 
 
 def random_inputs(rng, batch, groups, dim, n, length, dtype=np.float32, extras=True):
@@ -78,12 +80,15 @@ class PallasScanTest(unittest.TestCase):
     def setUp(self):
         if not self.INTERPRET and jax.default_backend() != "gpu":
             self.skipTest("the compiled Triton kernel needs a GPU; the interpret-mode class covers CPU")
-        self._saved = pallas_scan.INTERPRET
-        pallas_scan.INTERPRET = self.INTERPRET
         self.rng = fresh_rng()  # fresh inputs every run; the seed is printed
 
-    def tearDown(self):
-        pallas_scan.INTERPRET = self._saved
+    def scan(self, *args, **kwargs) -> jax.Array:
+        """``selective_scan_pallas``, compiled or interpreted as this class says."""
+        return selective_scan_pallas(*args, interpret=self.INTERPRET, **kwargs)
+
+    def cross_scan(self, *args, **kwargs) -> jax.Array:
+        """``cross_selective_scan_pallas``, compiled or interpreted as this class says."""
+        return cross_selective_scan_pallas(*args, interpret=self.INTERPRET, **kwargs)
 
     def assert_close(self, got, want, tol, what=""):
         self.assertTrue(np.all(np.isfinite(np.asarray(got, np.float32))), f"non-finite values in {what}")
@@ -92,7 +97,7 @@ class PallasScanTest(unittest.TestCase):
     def test_golden_forward_and_grads(self):
         z = np.load(DATA / "selective_scan.npz")  # the small golden case, copied from ../shared/parity
         args = as_float32(z)
-        fn = lambda *a: selective_scan(*a, delta_softplus=True, impl="pallas")  # noqa: E731
+        fn = lambda *a: selective_scan(*a, delta_softplus=True, impl="pallas", interpret=self.INTERPRET)  # noqa: E731
         y, grads = value_and_grads(fn, args, jnp.asarray(z["dy"], jnp.float32))
         self.assert_close(y, z["y"], 1e-5, "y")
         for name in NAMES:
@@ -102,7 +107,7 @@ class PallasScanTest(unittest.TestCase):
         """Grads of bf16/fp16 args are rounded to that dtype, so they get ``low_grad_tol``."""
         batch, kd, length = args[0].shape
         dy = jnp.asarray(self.rng.standard_normal((batch, kd, length)), jnp.float32)
-        got = value_and_grads(lambda *a: selective_scan_pallas(*a, delta_softplus=softplus, config=config), args, dy)
+        got = value_and_grads(lambda *a: self.scan(*a, delta_softplus=softplus, config=config), args, dy)
         want = value_and_grads(lambda *a: selective_scan_reference(*a, delta_softplus=softplus), args, dy)
         self.assertEqual(got[0].dtype, jnp.float32)
         self.assert_close(got[0], want[0], tol, "y")
@@ -137,7 +142,7 @@ class PallasScanTest(unittest.TestCase):
 
     def test_a_forward_alone_writes_no_chunk_states(self):
         args = random_inputs(self.rng, 1, 2, 8, 4, 13)
-        fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=SMALL)  # noqa: E731
+        fn = lambda *a: self.scan(*a, delta_softplus=True, config=SMALL)  # noqa: E731
         grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
         # Outputs of each kernel launch: the forward alone writes y; under grad, y and hs, then 7 grads.
         self.assertEqual(pallas_outputs(jax.make_jaxpr(fn)(*args).jaxpr), [1])
@@ -160,7 +165,7 @@ class PallasScanTest(unittest.TestCase):
         A = A.at[0].set(-1e4).at[1].set(0.0)
         args = [u * 50, delta, A, B, C, D, bias]
         dy = jnp.ones(u.shape, jnp.float32)
-        y, grads = value_and_grads(lambda *a: selective_scan_pallas(*a, delta_softplus=True, config=SMALL), args, dy)
+        y, grads = value_and_grads(lambda *a: self.scan(*a, delta_softplus=True, config=SMALL), args, dy)
         for name, value in [("y", y), *grads.items()]:
             self.assertTrue(np.all(np.isfinite(np.asarray(value))), f"non-finite {name}")
 
@@ -169,7 +174,7 @@ class PallasScanTest(unittest.TestCase):
         u, delta, A, B, C, D, bias = random_inputs(self.rng, batch, 4, dim, n, length)
         args = [*cross_layout(u, delta, dim), A, B, C, D, bias]
         dy = jnp.asarray(self.rng.standard_normal((batch, 4, length, dim)), jnp.float32)
-        got = value_and_grads(lambda *a: cross_selective_scan_pallas(*a, config=SMALL), args, dy)
+        got = value_and_grads(lambda *a: self.cross_scan(*a, config=SMALL), args, dy)
         want = value_and_grads(lambda *a: cross_selective_scan(*a, impl="reference"), args, dy)
         self.assert_close(got[0], want[0], 1e-5, "y")
         for name, g in got[1].items():
@@ -180,23 +185,22 @@ class PallasScanTest(unittest.TestCase):
         u, delta, A, B, C, _, _ = random_inputs(self.rng, batch, 4, dim, n, length, extras=False)
         args = (*cross_layout(u, delta, dim), A, B, C, None, None)
         want = cross_selective_scan(*args, impl="reference")
-        self.assert_close(cross_selective_scan_pallas(*args, config=SMALL), want, 1e-5, "y")
+        self.assert_close(self.cross_scan(*args, config=SMALL), want, 1e-5, "y")
 
     def test_medmamba_forward_matches_associative(self):
         from flax import nnx
 
-        from medmamba_jax.models import MedMamba
+        from medmamba_jax.models import MedMamba, MedMambaConfig
 
         x = jnp.asarray(self.rng.standard_normal((2, 32, 32, 3)), jnp.float32)
         logits = {}
-        saved, pallas_scan.DEFAULT_CONFIG = pallas_scan.DEFAULT_CONFIG, SMALL  # shorter interpret compiles
-        try:
-            for impl in ("pallas", "associative"):
-                model = MedMamba(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3, scan_impl=impl, rngs=nnx.Rngs(0))
-                model.eval()
-                logits[impl] = nnx.jit(lambda m, x: m(x))(model, x)
-        finally:
-            pallas_scan.DEFAULT_CONFIG = saved
+        for impl in ("pallas", "associative"):
+            # SMALL: shorter interpret compiles; the model passes it, and the mode, to every scan.
+            config = MedMambaConfig((1, 1, 1, 1), (8, 16, 32, 64), num_classes=3, scan_impl=impl, scan_config=SMALL,
+                                    scan_interpret=self.INTERPRET)
+            model = MedMamba(config, rngs=nnx.Rngs(0))
+            model.eval()
+            logits[impl] = nnx.jit(lambda m, x: m(x))(model, x)
         self.assert_close(logits["pallas"], logits["associative"], 1e-5, "logits")
 
 
@@ -249,7 +253,7 @@ class TritonLoweringTest(unittest.TestCase):
         return {k.name: k.num_warps for k in launches}
 
     def test_cross_scan_and_its_adjoint_lower_at_medmamba_t_shapes(self):
-        config = pallas_scan.DEFAULT_CONFIG
+        config = ScanConfig()
         expected = {"forward_kernel": config.warps(False), "backward_kernel": config.warps(True)}
         for length, dim in ((3136, 96), (49, 768)):  # MedMamba-T's first and last stage
             for dtype in (jnp.float32, jnp.bfloat16):
@@ -257,7 +261,7 @@ class TritonLoweringTest(unittest.TestCase):
                 bc = jnp.zeros((1, 4, 16, length), dtype)
                 params = jnp.zeros((4 * dim,), jnp.float32)
                 args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
-                self.assertEqual(self.kernels(cross_selective_scan_pallas, args), expected, (length, dim, dtype))
+                self.assertEqual(self.kernels(COMPILED_CROSS_SCAN, args), expected, (length, dim, dtype))
 
     def test_candidate_configs_lower_at_medmamba_t_shapes(self):
         candidates = [ScanConfig(seg=2, ckpt_segs=4, bwd_warps=1, bc_rows=1, prefetch=prefetch) for prefetch in (0, 1)]
@@ -265,18 +269,19 @@ class TritonLoweringTest(unittest.TestCase):
             seq = lambda groups: jnp.zeros((1, groups, length, dim))  # noqa: E731
             bc, params = jnp.zeros((1, 4, 16, length)), jnp.zeros((4 * dim,))
             args = (seq(2), seq(4), -jnp.ones((4 * dim, 16)), bc, bc, params, params)
-            fn = functools.partial(cross_selective_scan_pallas, config=config)
+            fn = functools.partial(COMPILED_CROSS_SCAN, config=config)
             self.assertEqual(self.kernels(fn, args), {"forward_kernel": 1, "backward_kernel": 1}, (config, length))
 
     def test_mamba_layout_scan_lowers_with_ragged_shapes(self):
         # 3 groups of 20 channels, N = 5 and L = 37: every axis needs padding or a tail.
         args = random_inputs(fresh_rng(), 1, 3, 20, 5, 37)
-        fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True)  # noqa: E731
+        fn = lambda *a: selective_scan_pallas(*a, delta_softplus=True, interpret=False)  # noqa: E731
         self.assertEqual(set(self.kernels(fn, args)), {"forward_kernel", "backward_kernel"})
 
     def test_triton_ir_is_captured_per_kernel(self):
         args = random_inputs(fresh_rng(), 1, 1, 8, 4, 6)
-        (launch,) = lower_to_triton(lambda *a: selective_scan_pallas(*a, config=SMALL), *args, with_ir=True)
+        fn = lambda *a: selective_scan_pallas(*a, config=SMALL, interpret=False)  # noqa: E731
+        (launch,) = lower_to_triton(fn, *args, with_ir=True)
         self.assertEqual((launch.name, launch.grid), ("forward_kernel", (1, 1, 1)))
         self.assertTrue(launch.ir.startswith("module @forward_kernel"), launch.ir[:80])
         self.assertIn("tt.func", launch.ir)

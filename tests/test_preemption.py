@@ -95,9 +95,11 @@ def test_a_notice_stops_a_validation_between_its_batches(tiny_config):
     from flax import nnx
 
     from medmamba_jax.evaluation import predict_scores
+    from medmamba_jax.models import MedMamba
+    from medmamba_jax.training import config as config_lib
     from medmamba_jax.training import model_init
 
-    model, batches = model_init.build(tiny_config, 9), []
+    model, batches = MedMamba(config_lib.model_config(tiny_config, 9), rngs=model_init.init_rngs(tiny_config)), []
     model.eval()
     images = np.zeros((12, 32, 32, 3), np.float32)
     with preemption.StopNotice() as notice:

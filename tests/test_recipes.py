@@ -1,6 +1,7 @@
 """The training recipes say what the paper says; workdirs from before a new key keep their settings;
 the resize methods; the Table 7 block variants."""
 
+import dataclasses
 import importlib
 import json
 
@@ -11,9 +12,8 @@ from flax import nnx
 from PIL import Image
 
 from medmamba_jax import paper
-from medmamba_jax.analysis.flop_count import abstract_model
 from medmamba_jax.data.transforms import EvalTransform, eval_transform, nearest_indices
-from medmamba_jax.models import SSConvSSM, channel_shuffle, count_params, medmamba_t
+from medmamba_jax.models import MedMamba, MedMambaConfig, SSConvSSM, channel_shuffle, count_params
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError
 from numerics import DATA
@@ -92,7 +92,7 @@ def test_block_variants_have_table7_parameter_counts(row):
 
     parts = tuple(int(row[k]) for k in ("ssm", "conv", "split", "shuffle"))
     block = next(name for name, kept in BLOCK_PARTS.items() if kept == parts)
-    model = abstract_model(lambda rngs: medmamba_t(9, rngs=rngs, block=block))
+    model = MedMamba.abstract(MedMambaConfig.medmamba_t(num_classes=9, block=block))
     assert round(count_params(model) / 1e6, 1) == float(row["params_M"]), block
 
 
@@ -123,27 +123,25 @@ def test_the_block_key_reaches_the_model():
     config = config_lib.default_config()
     config.depths, config.dims, config.block = (1, 1), (8, 16), "ssm_only"
     config_lib.validate(config)
-    model = model_init.build(config, num_classes=3)
+    model = MedMamba(config_lib.model_config(config, num_classes=3), rngs=model_init.init_rngs(config))
     assert model.config.block == "ssm_only" and model.layers[0].blocks[0].conv_branch is None
 
 
 def test_analysis_commands_resize_as_the_workdir_trained():
     from medmamba_jax.analysis.cli import Loaded
-    from medmamba_jax.models import MedMamba
 
-    model = abstract_model(lambda rngs: MedMamba((1,), (8,), num_classes=2, rngs=rngs))
+    model = MedMamba.abstract(MedMambaConfig((1,), (8,), num_classes=2))
     config = importlib.import_module("medmamba_jax.configs.medmnist").get_config()
     assert Loaded(model, ["a", "b"], "multi-class", 224, 1, 28, config).transform == EvalTransform(224, 3, "nearest")
     assert Loaded(model, ["a", "b"], "multi-class", 224, 3, 224).transform == EvalTransform(224, 3, "linear")
 
 
 def test_init_from_refuses_weights_of_another_block():
-    from medmamba_jax.models import MedMamba
     from medmamba_jax.params import from_torch
     from medmamba_jax.training import model_init
     from medmamba_jax.training.errors import TrainingError
 
     released = from_torch(DATA / "tiny.pth").config  # the full block, as every released checkpoint
-    model = MedMamba(**{**released.to_dict(), "block": "split_no_shuffle"}, rngs=nnx.Rngs(0))  # same shapes
+    model = MedMamba(dataclasses.replace(released, block="split_no_shuffle"), rngs=nnx.Rngs(0))  # same shapes
     with pytest.raises(TrainingError, match=r"another architecture: block full \(config wants split_no_shuffle\)"):
         model_init.initialise_from(model, str(DATA / "tiny.pth"))

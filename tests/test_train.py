@@ -380,11 +380,13 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
     from medmamba_jax.checkpoints import NonFiniteWeightsError, save_model
+    from medmamba_jax.models import MedMamba
+    from medmamba_jax.training import config as config_lib
     from medmamba_jax.training import model_init
     from medmamba_jax.training.errors import TrainingError
     from medmamba_jax.training.train import train_and_evaluate
 
-    model = model_init.build(tiny_config, 9)
+    model = MedMamba(config_lib.model_config(tiny_config, 9), rngs=model_init.init_rngs(tiny_config))
     kernel = model.patch_embed.proj.kernel.value
     model.head.bias.value = model.head.bias.value * jnp.nan
     save_model(str(tmp_path / "nan_model"), model)

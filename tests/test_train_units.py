@@ -14,8 +14,9 @@ import optax
 import pytest
 
 from conftest import run_train
+from medmamba_jax.models import MedMamba
 from medmamba_jax.training import checkpointing, model_init, optim, preemption, reporting, steps, train
-from medmamba_jax.training.config import default_config, validate
+from medmamba_jax.training.config import default_config, model_config, validate
 from medmamba_jax.training.errors import ConfigError, TrainingError
 
 
@@ -97,7 +98,7 @@ def test_grad_accumulation_updates_every_k_micro_steps_with_the_mean_gradient():
     ("checkpoint_every_steps", -1, r"checkpoint_every_steps, early_stopping_patience and prefetch must be >= 0"),
     # MedMamba-T's 4 stages: 28 -> 7 -> 3 -> 1 -> 0 pixels; 32 is the smallest side that keeps one.
     ("image_size", 28, r"image_size 28 is too small for 4 stages: .* \(at least 32\)"),
-    # Model settings: checked here, before any data loads, rather than in model_init.build after it.
+    # Model settings: checked here, before any data loads, rather than when the model is built after it.
     ("dims", (8, 16), r"medmamba_t: depths \(2, 2, 4, 2\) and dims \(8, 16\) must have the same length"),
     ("dims", (96, 192, 384, 770.5), r"dims must be a non-empty sequence of integers >= 2, got \(96, 192, 384, 770.5\)"),
     ("dims", (96, 192, 384, 767), r"dims must be even .*got \(96, 192, 384, 767\)"),
@@ -128,7 +129,7 @@ def test_model_settings_that_validate_build_that_model():
     config = default_config()
     config.depths, config.dims, config.dtype, config.in_chans = (1, 1), (8, 16), "bfloat16", 1
     validate(config)
-    model = model_init.build(config, num_classes=2)
+    model = MedMamba(model_config(config, num_classes=2), rngs=model_init.init_rngs(config))
     assert (model.config.depths, model.config.dims, model.config.dtype, model.config.in_chans) == (
         (1, 1), (8, 16), "bfloat16", 1)
 

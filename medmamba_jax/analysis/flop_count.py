@@ -29,16 +29,6 @@ from jax.extend import core as jcore
 from medmamba_jax.models import MedMamba
 
 
-def abstract_model(build: Callable[[nnx.Rngs], MedMamba]) -> MedMamba:
-    """``build(rngs)`` in eval mode with weights as shapes only: nothing is allocated or initialised.
-
-    ``build`` is e.g. ``lambda rngs: build_model(config, rngs)`` or a variant factory.
-    """
-    model = nnx.eval_shape(lambda: build(nnx.Rngs(params=0, dropout=0)))
-    model.eval()
-    return model
-
-
 def forward_fn(model: MedMamba) -> tuple[Callable, nnx.State]:
     """(fn(state, x) -> logits, abstract state) for tracing and lowering the forward pass."""
     graphdef, state = nnx.split(model)

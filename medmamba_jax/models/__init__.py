@@ -1,18 +1,13 @@
 """MedMamba modules (Flax NNX)."""
 
+from medmamba_jax.models.config import BLOCK_PARTS, BLOCKS, PRESETS, MedMambaConfig
 from medmamba_jax.models.medmamba import (
-    BLOCK_PARTS,
-    BLOCKS,
-    VARIANT_CONFIGS,
-    VARIANTS,
     ConvBranch,
     MedMamba,
-    MedMambaConfig,
     PatchEmbed2D,
     PatchMerging2D,
     SSConvSSM,
     Stage,
-    build_model,
     channel_shuffle,
     count_params,
     medmamba_b,
@@ -24,8 +19,7 @@ from medmamba_jax.models.ss2d import SS2D
 __all__ = [
     "BLOCK_PARTS",
     "BLOCKS",
-    "VARIANT_CONFIGS",
-    "VARIANTS",
+    "PRESETS",
     "ConvBranch",
     "MedMamba",
     "MedMambaConfig",
@@ -34,7 +28,6 @@ __all__ = [
     "SS2D",
     "SSConvSSM",
     "Stage",
-    "build_model",
     "channel_shuffle",
     "count_params",
     "medmamba_b",

@@ -11,11 +11,13 @@ published weights were trained with it:
 
 ``block`` (default "full", the released block) selects one of the paper's Table 7 ablation
 blocks instead; those have no released weights.
+
+A model is built from its config (models/config.py), as ``MedMamba(config, *, rngs)``; the
+factories ``medmamba_t``/``_s``/``_b`` build the released variants.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -24,101 +26,9 @@ import numpy as np
 from flax import nnx
 
 from medmamba_jax.models import init
+from medmamba_jax.models.config import BLOCK_PARTS, DTYPES, MedMambaConfig
 from medmamba_jax.models.ss2d import SS2D
-from medmamba_jax.ops import SCAN_IMPLS
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-# The block of each row of the paper's Table 7 (MedMamba-T with parts removed), by which of
-# (SSM branch, Conv branch, channel split, channel shuffle) it keeps. "full" is the released
-# SS-Conv-SSM block; the others exist only to reproduce the ablation (no released weights).
-BLOCK_PARTS = {
-    "full": (1, 1, 1, 1),
-    "split_no_shuffle": (1, 1, 1, 0),
-    "no_split": (1, 1, 0, 0),
-    "ssm_only": (1, 0, 0, 0),
-}
-BLOCKS = tuple(BLOCK_PARTS)
-
-
-def _int_at_least(name: str, given: Any, minimum: int) -> int:
-    """``given`` as a whole number >= ``minimum``, else a ValueError naming ``name``."""
-    whole = isinstance(given, (int, float, np.integer, np.floating)) and not isinstance(given, bool)
-    if not whole or not float(given).is_integer() or given < minimum:  # 8.5, "8" or True is not 8 or 1
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {given!r}")
-    return int(given)
-
-
-def _int_tuple(name: str, given: Any, minimum: int) -> tuple[int, ...]:
-    """``given`` as a non-empty tuple of whole numbers >= ``minimum``, else a ValueError naming ``name``."""
-    try:
-        ints = tuple(_int_at_least(name, v, minimum) for v in given)
-    except (TypeError, ValueError):  # not a sequence, or a bad entry
-        ints = ()
-    if not ints:
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= {minimum}, got {given!r}")
-    return ints
-
-
-@dataclasses.dataclass(frozen=True)
-class MedMambaConfig:
-    """Everything needed to rebuild a MedMamba; JSON-serialisable through ``to_dict``."""
-
-    depths: tuple[int, ...] = (2, 2, 4, 2)
-    dims: tuple[int, ...] = (96, 192, 384, 768)
-    d_state: int = 16
-    num_classes: int = 1000
-    in_chans: int = 3
-    patch_size: int = 4
-    drop_path_rate: float = 0.1
-    scan_impl: str = "auto"
-    dtype: str = "float32"
-    block: str = "full"  # one of BLOCKS: the released block, or a Table 7 ablation
-
-    def __post_init__(self):
-        # Each check names the field and what it accepts: the training config's model
-        # settings are checked here before a run loads any data (training/config.py).
-        object.__setattr__(self, "depths", _int_tuple("depths", self.depths, minimum=0))
-        object.__setattr__(self, "dims", _int_tuple("dims", self.dims, minimum=2))
-        if any(d % 2 for d in self.dims):
-            raise ValueError(f"dims must be even (blocks split channels in two), got {self.dims}")
-        if len(self.depths) != len(self.dims):
-            raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length (one per stage)")
-        if any(b != 2 * a for a, b in zip(self.dims, self.dims[1:])):
-            raise ValueError(f"each of dims must be twice the one before (patch merging doubles the channels), "
-                             f"got {self.dims}")
-        for name, minimum in (("d_state", 1), ("num_classes", 0), ("in_chans", 1), ("patch_size", 1)):
-            object.__setattr__(self, name, _int_at_least(name, getattr(self, name), minimum))
-        if not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
-        try:  # any spelling NumPy knows (jnp.bfloat16, "f4") is stored by its canonical name
-            object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
-        except TypeError:
-            pass  # not a dtype at all: rejected just below
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
-
-    @property
-    def min_image_size(self) -> int:
-        """The smallest input side that leaves a pixel in the last stage: the patch embedding
-        divides the side by patch_size and each merge halves it, rounding down."""
-        return self.patch_size * 2 ** (len(self.dims) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "MedMambaConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown MedMamba config keys: {unknown}")
-        return cls(**values)
-
+from medmamba_jax.ops import ScanConfig
 
 class PatchEmbed2D(nnx.Module):
     """Non-overlapping patch_size x patch_size conv, then LayerNorm: (b,H,W,C) -> (b,H/p,W/p,dim)."""
@@ -211,13 +121,16 @@ class SSConvSSM(nnx.Module):
         *,
         block: str = "full",
         scan_impl: str = "auto",
+        scan_config: ScanConfig = ScanConfig(),
+        scan_interpret: bool | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         _, has_conv, self.split, self.shuffle = map(bool, BLOCK_PARTS[block])
         width = dim // 2 if self.split else dim
         self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
-        self.self_attention = SS2D(width, d_state, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
+        self.self_attention = SS2D(width, d_state, scan_impl=scan_impl, scan_config=scan_config,
+                                   scan_interpret=scan_interpret, dtype=dtype, rngs=rngs)
         # Stochastic depth is dropout with one mask value per sample.
         self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
         self.conv_branch = ConvBranch(width, dtype=dtype, rngs=rngs) if has_conv else None
@@ -236,23 +149,17 @@ class SSConvSSM(nnx.Module):
 
 
 class Stage(nnx.Module):
-    """``depth`` blocks at one resolution, then an optional PatchMerging2D."""
+    """``len(drop_paths)`` blocks at one resolution, then an optional PatchMerging2D:
+    (b, H, W, dim) -> (b, H, W, dim), or (b, H//2, W//2, 2 dim) with ``downsample``."""
 
-    def __init__(
-        self,
-        dim: int,
-        drop_paths: Sequence[float],
-        d_state: int,
-        downsample: bool,
-        *,
-        block: str = "full",
-        scan_impl: str,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, dim: int, drop_paths: Sequence[float], config: MedMambaConfig, downsample: bool, *,
+                 rngs: nnx.Rngs):
+        dtype = DTYPES[config.dtype]
         self.blocks = nnx.List(
             [
-                SSConvSSM(dim, rate, d_state, block=block, scan_impl=scan_impl, dtype=dtype, rngs=rngs)
+                SSConvSSM(dim, rate, config.d_state, block=config.block, scan_impl=config.scan_impl,
+                          scan_config=config.scan_config, scan_interpret=config.scan_interpret, dtype=dtype,
+                          rngs=rngs)
                 for rate in drop_paths
             ]
         )
@@ -273,6 +180,9 @@ class Stage(nnx.Module):
 class MedMamba(nnx.Module):
     """MedMamba classifier. Input (b, H, W, in_chans) float NHWC; output (b, num_classes) logits.
 
+    Built from a :class:`MedMambaConfig`: ``MedMamba(MedMambaConfig.medmamba_t(num_classes=9),
+    rngs=nnx.Rngs(0))``; ``rngs`` needs a 'params' stream (and 'dropout' for training).
+
     ``model.train()`` uses BatchNorm batch statistics and stochastic depth (needs a
     'dropout' RNG stream); ``model.eval()`` uses running statistics and no dropout.
 
@@ -282,44 +192,37 @@ class MedMamba(nnx.Module):
     (its linear's output), as under ``torch.autocast`` with the upstream model.
     """
 
-    def __init__(
-        self,
-        depths: Sequence[int] = (2, 2, 4, 2),
-        dims: Sequence[int] = (96, 192, 384, 768),
-        d_state: int = 16,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_path_rate: float = 0.1,
-        patch_size: int = 4,
-        scan_impl: str = "auto",
-        dtype: str | jnp.dtype = "float32",
-        block: str = "full",
-        *,
-        rngs: nnx.Rngs,
-    ):
-        self.config = MedMambaConfig(
-            depths, dims, d_state, num_classes, in_chans, patch_size, drop_path_rate, scan_impl, dtype, block
-        )
-        cfg, compute = self.config, _DTYPES[self.config.dtype]
-        self.patch_embed = PatchEmbed2D(cfg.patch_size, cfg.in_chans, cfg.dims[0], dtype=compute, rngs=rngs)
+    def __init__(self, config: MedMambaConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, MedMambaConfig):
+            raise TypeError(f"MedMamba takes a MedMambaConfig, e.g. MedMambaConfig.medmamba_t(num_classes=9); "
+                            f"got {type(config).__name__}")
+        self.config = cfg = config
+        self.patch_embed = PatchEmbed2D(cfg.patch_size, cfg.in_chans, cfg.dims[0], dtype=DTYPES[cfg.dtype],
+                                        rngs=rngs)
         rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         starts = np.cumsum((0,) + cfg.depths).tolist()
         self.layers = nnx.List(
             [
-                Stage(
-                    dim,
-                    rates[starts[i] : starts[i + 1]],
-                    cfg.d_state,
-                    downsample=i < len(cfg.dims) - 1,
-                    block=cfg.block,
-                    scan_impl=cfg.scan_impl,
-                    dtype=compute,
-                    rngs=rngs,
-                )
+                Stage(dim, rates[starts[i] : starts[i + 1]], cfg, downsample=i < len(cfg.dims) - 1, rngs=rngs)
                 for i, dim in enumerate(cfg.dims)
             ]
         )
-        self.head = init.linear(cfg.dims[-1], num_classes, rngs=rngs) if num_classes > 0 else None
+        self.head = init.linear(cfg.dims[-1], cfg.num_classes, rngs=rngs) if cfg.num_classes > 0 else None
+
+    @classmethod
+    def abstract(cls, config: MedMambaConfig, *, seed: int = 0) -> MedMamba:
+        """A model of ``config``'s structure whose weights are shapes only, ready to be loaded into.
+
+        Nothing is allocated or initialised (random initialisation would compile one XLA
+        program per parameter shape on the CPU); the RNG streams get real keys from ``seed``.
+        """
+        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1)))
+        base = jax.random.key(seed)
+        streams = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)]
+        for index, stream in enumerate(streams):
+            stream.key.set_value(jax.random.fold_in(base, index))
+            stream.count.set_value(jnp.zeros((), jnp.uint32))
+        return model
 
     def features(self, x: jax.Array) -> jax.Array:
         """Globally pooled last-stage features: (b, H, W, C) -> (b, dims[-1]) float32."""
@@ -355,37 +258,22 @@ class MedMamba(nnx.Module):
         return x
 
 
-def build_model(config: MedMambaConfig, rngs: nnx.Rngs) -> MedMamba:
-    """Builds a MedMamba from a config."""
-    return MedMamba(**config.to_dict(), rngs=rngs)
+def medmamba_t(num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides: Any) -> MedMamba:
+    """A fresh MedMamba-T (``MedMambaConfig.medmamba_t``): 15,221,608 parameters at 1000 classes.
+    ``overrides`` set other config fields, e.g. ``block`` or ``scan_impl``."""
+    return MedMamba(MedMambaConfig.medmamba_t(num_classes=num_classes, **overrides), rngs=rngs)
 
 
-# The released variants (at 1000 classes); a variant with overrides is
-# dataclasses.replace(VARIANT_CONFIGS[name], **overrides), which checks them without building.
-VARIANT_CONFIGS = {
-    "medmamba_t": MedMambaConfig(depths=(2, 2, 4, 2), dims=(96, 192, 384, 768)),
-    "medmamba_s": MedMambaConfig(depths=(2, 2, 8, 2), dims=(96, 192, 384, 768)),
-    "medmamba_b": MedMambaConfig(depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024)),
-}
+def medmamba_s(num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides: Any) -> MedMamba:
+    """A fresh MedMamba-S (``MedMambaConfig.medmamba_s``): 19,389,544 parameters at 1000 classes.
+    ``overrides`` set other config fields."""
+    return MedMamba(MedMambaConfig.medmamba_s(num_classes=num_classes, **overrides), rngs=rngs)
 
 
-def _variant(name: str, params: str):
-    base = VARIANT_CONFIGS[name]
-
-    def factory(num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> MedMamba:
-        kwargs = dict(depths=base.depths, dims=base.dims, num_classes=num_classes) | overrides
-        return MedMamba(**kwargs, rngs=rngs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"{name}: depths {base.depths}, dims {base.dims}; {params} parameters at 1000 classes."
-    return factory
-
-
-medmamba_t = _variant("medmamba_t", "15,221,608")
-medmamba_s = _variant("medmamba_s", "19,389,544")
-medmamba_b = _variant("medmamba_b", "40,883,688")
-
-VARIANTS = {"medmamba_t": medmamba_t, "medmamba_s": medmamba_s, "medmamba_b": medmamba_b}
+def medmamba_b(num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides: Any) -> MedMamba:
+    """A fresh MedMamba-B (``MedMambaConfig.medmamba_b``): 40,883,688 parameters at 1000 classes.
+    ``overrides`` set other config fields."""
+    return MedMamba(MedMambaConfig.medmamba_b(num_classes=num_classes, **overrides), rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medmamba_jax.models import init
-from medmamba_jax.ops import cross_selective_scan, resolve_impl
+from medmamba_jax.ops import ScanConfig, cross_selective_scan, resolve_impl
 
 
 class SS2D(nnx.Module):
@@ -22,6 +22,9 @@ class SS2D(nnx.Module):
     The stacked per-direction parameters keep the upstream layout:
     ``x_proj_weight`` (4, dt_rank + 2N, d_inner), ``dt_projs_weight`` (4, d_inner, dt_rank),
     ``dt_projs_bias`` (4, d_inner), ``A_logs`` (4*d_inner, N), ``Ds`` (4*d_inner,).
+
+    ``scan_impl`` chooses the scan (``medmamba_jax.ops.SCAN_IMPLS``); ``scan_config`` and
+    ``scan_interpret`` reach the Pallas kernel only (see ``medmamba_jax.ops.selective_scan``).
     """
 
     def __init__(
@@ -33,6 +36,8 @@ class SS2D(nnx.Module):
         dt_rank: int | None = None,
         *,
         scan_impl: str = "auto",
+        scan_config: ScanConfig = ScanConfig(),
+        scan_interpret: bool | None = None,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -41,6 +46,7 @@ class SS2D(nnx.Module):
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.scan_impl = scan_impl
+        self.scan_config, self.scan_interpret = scan_config, scan_interpret
         d_inner, rank = self.d_inner, self.dt_rank
 
         self.in_proj = init.linear(d_model, 2 * d_inner, use_bias=False, dtype=dtype, rngs=rngs)
@@ -81,7 +87,8 @@ class SS2D(nnx.Module):
             self.Ds[...],
         )
         impl = resolve_impl(self.scan_impl)
-        scan = functools.partial(cross_scan_and_merge, dt_rank=self.dt_rank, d_state=self.d_state, impl=impl)
+        scan = functools.partial(cross_scan_and_merge, dt_rank=self.dt_rank, d_state=self.d_state, impl=impl,
+                                 scan_config=self.scan_config, interpret=self.scan_interpret)
         if impl != "pallas":
             # The XLA scans' backward would keep every projected, transposed and chunked copy
             # of the sequence alive (most of a train step's memory); recomputing them from x
@@ -101,10 +108,13 @@ def cross_scan_and_merge(
     dt_rank: int,
     d_state: int,
     impl: str,
+    scan_config: ScanConfig = ScanConfig(),
+    interpret: bool | None = None,
 ) -> jax.Array:
     """SS2D's projections, 4-direction scan and merge: (b, H, W, d) -> (b, H, W, d) float32.
 
-    The weights have SS2D's stacked layouts (see :class:`SS2D`).
+    The weights have SS2D's stacked layouts (see :class:`SS2D`); ``impl``, ``scan_config`` and
+    ``interpret`` as in ``medmamba_jax.ops.cross_selective_scan``.
     """
     batch, height, width, dim = x.shape
     length = height * width
@@ -129,6 +139,8 @@ def cross_scan_and_merge(
         Ds,
         dt_projs_bias.reshape(-1),
         impl=impl,
+        scan_config=scan_config,
+        interpret=interpret,
     )  # (b, 4, L, d), float32
     y_hw = (ys[:, 0] + ys[:, 2]).reshape(batch, height, width, dim)
     y_wh = (ys[:, 1] + ys[:, 3]).reshape(batch, width, height, dim)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from medmamba_jax.ops.scan_config import ScanConfig
 from medmamba_jax.ops.selective_scan import (
     check_cross_shapes,
     check_shapes,
@@ -17,14 +19,14 @@ from medmamba_jax.ops.selective_scan import (
 SCAN_IMPLS = ("auto", "reference", "associative", "pallas")
 
 
-def _pallas_impl() -> Callable:
+def _pallas_impl(scan_config: ScanConfig, interpret: bool | None) -> Callable:
     try:
         from medmamba_jax.ops.pallas_scan import selective_scan_pallas
     except ImportError as err:
         raise NotImplementedError(
             "impl='pallas' is not available in this build; use impl='associative'"
         ) from err
-    return selective_scan_pallas
+    return functools.partial(selective_scan_pallas, config=scan_config, interpret=interpret)
 
 
 def resolve_impl(impl: str) -> str:
@@ -36,10 +38,10 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def _implementation(impl: str) -> Callable:
+def _implementation(impl: str, scan_config: ScanConfig, interpret: bool | None) -> Callable:
     impl = resolve_impl(impl)
     if impl == "pallas":
-        return _pallas_impl()
+        return _pallas_impl(scan_config, interpret)
     return {"reference": selective_scan_reference, "associative": selective_scan_associative}[impl]
 
 
@@ -54,6 +56,8 @@ def selective_scan(
     delta_softplus: bool = False,
     *,
     impl: str = "associative",
+    scan_config: ScanConfig = ScanConfig(),
+    interpret: bool | None = None,
 ) -> jax.Array:
     """Mamba's selective scan with ``mamba_ssm.selective_scan_fn``'s layout.
 
@@ -64,11 +68,13 @@ def selective_scan(
       D, delta_bias: (K*D,) or None.
       delta_softplus: apply softplus to delta + delta_bias.
       impl: 'reference', 'associative', 'pallas' or 'auto'.
+      scan_config, interpret: the Pallas kernel's block sizes, and whether it runs in
+        Pallas's interpreter (None: exactly when the backend is not a GPU); 'pallas' only.
 
     Returns:
       y: (batch, K*D, L) float32.
     """
-    fn = _implementation(impl)
+    fn = _implementation(impl, scan_config, interpret)
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
@@ -82,6 +88,8 @@ def cross_selective_scan(
     delta_bias: jax.Array,
     *,
     impl: str = "associative",
+    scan_config: ScanConfig = ScanConfig(),
+    interpret: bool | None = None,
 ) -> jax.Array:
     """SS2D's four scan directions over two sequences, with softplus on delta.
 
@@ -94,6 +102,7 @@ def cross_selective_scan(
       u2: (batch, 2, L, D), the row-major and column-major sequences.
       delta: (batch, 4, L, D).
       A: (4*D, N). B, C: (batch, 4, N, L). D, delta_bias: (4*D,).
+      impl, scan_config, interpret: as in :func:`selective_scan`.
 
     Returns:
       y: (batch, 4, L, D) float32.
@@ -103,7 +112,7 @@ def cross_selective_scan(
     if impl == "pallas":
         from medmamba_jax.ops.pallas_scan import cross_selective_scan_pallas
 
-        return cross_selective_scan_pallas(u2, delta, A, B, C, D, delta_bias)
+        return cross_selective_scan_pallas(u2, delta, A, B, C, D, delta_bias, scan_config, interpret)
 
     def directed(arr):  # flips directions 2, 3 along L; axis 1 is the direction
         return jnp.concatenate([arr[:, :2], jnp.flip(arr[:, 2:], axis=-1)], axis=1)
@@ -128,6 +137,7 @@ def cross_selective_scan(
 
 __all__ = [
     "SCAN_IMPLS",
+    "ScanConfig",
     "check_shapes",
     "cross_selective_scan",
     "resolve_impl",

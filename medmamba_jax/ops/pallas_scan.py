@@ -19,7 +19,6 @@ scan. Reductions over batch (dA, dD, d bias) and over the channel tiles of a gro
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -27,10 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from medmamba_jax.ops.pallas_kernels import Geometry, backward_kernel, forward_kernel
+from medmamba_jax.ops.scan_config import ScanConfig
 from medmamba_jax.ops.selective_scan import check_cross_shapes, check_shapes
-
-# None: interpret exactly when the default backend is not a GPU. Tests may force True.
-INTERPRET: bool | None = None
 
 try:  # the GPU-specific compiler parameters; absent in CPU-only installs of old versions
     from jax.experimental.pallas import triton as _plgpu
@@ -40,78 +37,11 @@ except ImportError:  # pragma: no cover
 _SQUEEZED = getattr(pl, "squeezed", None)  # None was the pre-0.7 spelling
 
 
-@dataclasses.dataclass(frozen=True)
-class ScanConfig:
-    """Tuning knobs. ``tile``: max channels per program (a power of two); ``seg``: steps
-    unrolled per segment; ``ckpt_segs``: segments per checkpoint chunk (memory of the
-    saved states is L*N/(seg*ckpt_segs) floats per channel); ``num_warps``: Triton warps."""
-
-    # Measured on an H100 (benchmarks/RESULTS.md): the least MedMamba-T-weighted fwd+bwd
-    # time of the sweeps there. One warp per forward program keeps 16 state elements per
-    # thread; the adjoint, with four reductions per step, is fastest on two warps.
-    tile: int = 32
-    seg: int = 4
-    ckpt_segs: int = 2
-    num_warps: int = 1
-    # The adjoint keeps more live state and does more reductions per step: it may want
-    # another tile and warp count. None: the forward's.
-    bwd_tile: int | None = None
-    bwd_warps: int | None = 2
-    # 1: the kernels read B and C position-major, (L, N), so a position's N values are one
-    # vectorised load; the wrapper transposes them (an XLA copy, unless fused upstream).
-    bc_rows: int = 0
-    # 1: the forward loads the next segment while computing this one (software pipelining
-    # through the loop carry). The carried values stay in their compact load layout and are
-    # broadcast through shared memory each step: fewer registers, more instructions.
-    prefetch: int = 0
-
-    def __post_init__(self):
-        warp_counts = (1, 2, 4, 8, 16, 32)  # Triton launches a power of two of warps
-        rules = {
-            "tile": (self.tile >= 1, "at least 1"),
-            "seg": (self.seg >= 1, "at least 1"),
-            "ckpt_segs": (self.ckpt_segs >= 1, "at least 1"),
-            "num_warps": (self.num_warps in warp_counts, "a power of two, 1 to 32"),
-            "bwd_tile": (self.bwd_tile is None or self.bwd_tile >= 1, "at least 1, or None"),
-            "bwd_warps": (self.bwd_warps is None or self.bwd_warps in warp_counts, "a power of two, 1 to 32, or None"),
-            "bc_rows": (self.bc_rows in (0, 1), "0 or 1"),
-            "prefetch": (self.prefetch in (0, 1), "0 or 1"),
-        }
-        bad = [f"{name}={getattr(self, name)} (must be {rule})" for name, (ok, rule) in rules.items() if not ok]
-        if bad:
-            raise ValueError(f"bad ScanConfig: {', '.join(bad)}")
-
-    def tile_cap(self, backward: bool) -> int:
-        return (self.bwd_tile or self.tile) if backward else self.tile
-
-    def warps(self, backward: bool) -> int:
-        return (self.bwd_warps or self.num_warps) if backward else self.num_warps
-
-    @classmethod
-    def parse(cls, text: str) -> "ScanConfig":
-        """'tile=32,seg=8,ckpt=2,warps=4,bwd_warps=1' -> ScanConfig (omitted fields keep defaults)."""
-        fields = {}
-        for item in filter(None, text.split(",")):
-            key, _, value = item.partition("=")
-            if key not in _CONFIG_KEYS or not value.isdigit():
-                raise ValueError(f"bad scan config item {item!r}; keys: {sorted(_CONFIG_KEYS)}")
-            fields[_CONFIG_KEYS[key]] = int(value)
-        return cls(**fields)
-
-    def describe(self) -> dict:
-        """The fields under parse()'s short keys."""
-        return {short: getattr(self, name) for short, name in _CONFIG_KEYS.items()}
 
 
-_CONFIG_KEYS = {
-    "tile": "tile", "seg": "seg", "ckpt": "ckpt_segs", "warps": "num_warps",
-    "bwd_tile": "bwd_tile", "bwd_warps": "bwd_warps", "bc_rows": "bc_rows", "prefetch": "prefetch",
-}  # fmt: skip
-DEFAULT_CONFIG = ScanConfig()
-
-
-def _interpret() -> bool:
-    return INTERPRET if INTERPRET is not None else jax.default_backend() != "gpu"
+def _interpret(interpret: bool | None) -> bool:
+    """``interpret``, where None means: interpret exactly when the default backend is not a GPU."""
+    return interpret if interpret is not None else jax.default_backend() != "gpu"
 
 
 def _pow2_tile(dim: int, cap: int) -> int:
@@ -131,7 +61,8 @@ class _Plan:
     layout: u (b, Gu, L, Dp), delta/y (b, K, L, Dp), A (K, N, Dp), D/bias (K, 1, Dp),
     B/C (b, K, N, L), or (b, K, L, N) with ``config.bc_rows``."""
 
-    def __init__(self, u, delta, A, config: ScanConfig, rev_from: int, softplus: bool, backward: bool = False):
+    def __init__(self, u, delta, A, config: ScanConfig, rev_from: int, softplus: bool,
+                 interpret: bool | None = None, backward: bool = False):
         self.batch, self.groups_u, self.length, self.dim = u.shape
         self.groups, self.n_state = A.shape[0], A.shape[1]
         self.tile = _pow2_tile(self.dim, config.tile_cap(backward))
@@ -143,6 +74,7 @@ class _Plan:
                             bool(config.prefetch))
         self.num_warps = config.warps(backward)
         self.u_dtype, self.delta_dtype = u.dtype, delta.dtype
+        self.interpret = _interpret(interpret)
 
     @property
     def grid(self):
@@ -179,7 +111,7 @@ class _Plan:
 
     def call(self, kernel, in_specs, out_specs, out_shape):
         params = None
-        if _plgpu is not None and not _interpret():
+        if _plgpu is not None and not self.interpret:
             params = _plgpu.CompilerParams(num_warps=self.num_warps, num_stages=1)
         return pl.pallas_call(
             functools.partial(kernel, geo=self.geo),
@@ -187,7 +119,7 @@ class _Plan:
             in_specs=in_specs,
             out_specs=out_specs,
             out_shape=out_shape,
-            interpret=_interpret(),
+            interpret=self.interpret,
             compiler_params=params,
         )
 
@@ -236,24 +168,24 @@ def _backward(plan: _Plan, args, hs, dy):
     return plan.call(backward_kernel, in_specs, out_specs, out_shape)(*args, hs, dy)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplus: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _scan(u, delta, A, B, C, D, bias, config: ScanConfig, rev_from: int, softplus: bool, interpret: bool | None):
     """Grouped-layout scan (see _Plan); returns y (b, K, L, Dp) float32."""
     args = (u, delta, A, B, C, D, bias)
-    return _forward(_Plan(u, delta, A, config, rev_from, softplus), args, save_states=False)
+    return _forward(_Plan(u, delta, A, config, rev_from, softplus, interpret), args, save_states=False)
 
 
-def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus):
+def _scan_fwd(u, delta, A, B, C, D, bias, config, rev_from, softplus, interpret):
     args = (u, delta, A, B, C, D, bias)
-    plan = _Plan(u, delta, A, config, rev_from, softplus)
+    plan = _Plan(u, delta, A, config, rev_from, softplus, interpret)
     y, hs = _forward(plan, args, save_states=True)  # hs's layout does not depend on the tile
     return y, (args, hs)
 
 
-def _scan_bwd(config, rev_from, softplus, res, dy):
+def _scan_bwd(config, rev_from, softplus, interpret, res, dy):
     args, hs = res
     u, delta, A, B, C, D, bias = args
-    plan = _Plan(u, delta, A, config, rev_from, softplus, backward=True)
+    plan = _Plan(u, delta, A, config, rev_from, softplus, interpret, backward=True)
     du, ddelta, dA, dD, dbias, dB, dC = _backward(plan, args, hs, dy)
     if plan.groups_u != plan.groups:  # directions k and k + Gu read the same sequence
         du = du.reshape(du.shape[0], -1, plan.groups_u, *du.shape[2:]).sum(axis=1)
@@ -281,7 +213,7 @@ def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, config):
+def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, config, interpret):
     """Pads channels to the tile and N to a power of two, runs the kernel, crops y.
 
     u: (b, Gu, L, D); delta: (b, K, L, D); A: (K, D, N); B, C: (b, K, N, L); D, bias: (K*D,)
@@ -304,34 +236,38 @@ def _grouped_call(u, delta, A, B, C, D, bias, *, groups, softplus, rev_from, con
     B, C = _pad_axis(B, 2, n_p), _pad_axis(C, 2, n_p)
     if config.bc_rows:
         B, C = jnp.swapaxes(B, 2, 3), jnp.swapaxes(C, 2, 3)
-    y = _scan(u, delta, A, B, C, D, bias, config, rev_from, softplus)
+    y = _scan(u, delta, A, B, C, D, bias, config, rev_from, softplus, interpret)
     return y[..., :dim]
 
 
 def selective_scan_pallas(
     u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = False,
-    config: ScanConfig | None = None,
+    config: ScanConfig = ScanConfig(), interpret: bool | None = None,
 ) -> jax.Array:  # fmt: skip
     """Fused selective scan. u, delta: (b, K*D, L); A: (K*D, N); B, C: (b, K, N, L);
     D, delta_bias: (K*D,) or None. Returns y (b, K*D, L) float32.
-    ``config`` None means the module's DEFAULT_CONFIG at call time."""
+
+    ``config``: the kernels' tile, segment and warp sizes. ``interpret``: run the kernels in
+    Pallas's interpreter (True) or compiled for the GPU (False); None interprets exactly when
+    the default backend is not a GPU."""
     batch, groups, dim, n, length = check_shapes(u, delta, A, B, C, D, delta_bias)
     channels_minor = lambda x: jnp.swapaxes(x.reshape(batch, groups, dim, length), 2, 3)  # noqa: E731
     y = _grouped_call(
         channels_minor(u), channels_minor(delta), A.reshape(groups, dim, n), B, C, D, delta_bias,
-        groups=groups, softplus=delta_softplus, rev_from=groups, config=config or DEFAULT_CONFIG,
+        groups=groups, softplus=delta_softplus, rev_from=groups, config=config, interpret=interpret,
     )  # fmt: skip
     return jnp.swapaxes(y, 2, 3).reshape(batch, groups * dim, length)
 
 
 def cross_selective_scan_pallas(
-    u2, delta, A, B, C, D, delta_bias, config: ScanConfig | None = None
+    u2, delta, A, B, C, D, delta_bias, config: ScanConfig = ScanConfig(), interpret: bool | None = None
 ) -> jax.Array:
     """SS2D scan. u2: (b, 2, L, D); delta: (b, 4, L, D); A: (4D, N); B, C: (b, 4, N, L);
     D, delta_bias: (4D,) or None. Direction k reads u2[:, k % 2]; k = 2, 3 run from the end.
-    All in forward order. Returns y (b, 4, L, D) float32."""
+    All in forward order. Returns y (b, 4, L, D) float32. ``config`` and ``interpret`` as
+    in :func:`selective_scan_pallas`."""
     batch, length, dim = check_cross_shapes(u2, delta, A, B, C, D, delta_bias)
     return _grouped_call(
         u2, delta, A.reshape(4, dim, -1), B, C, D, delta_bias,
-        groups=4, softplus=True, rev_from=2, config=config or DEFAULT_CONFIG,
+        groups=4, softplus=True, rev_from=2, config=config, interpret=interpret,
     )  # fmt: skip

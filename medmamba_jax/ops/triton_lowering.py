@@ -72,25 +72,19 @@ def lower_to_triton(fn: Callable, *args, with_ir: bool = False) -> list[TritonKe
     """The Triton launches of ``jax.jit(fn)(*args)`` lowered for CUDA, in program order.
 
     Works on any host. Raises what the Triton lowering raises for a primitive it cannot
-    lower (e.g. NotImplementedError). Pallas kernels must be in compiled (not
-    interpret) mode while this runs; ``pallas_scan`` is switched for the call, and ``fn``
-    is traced afresh (but a jitted function inside ``fn`` keeps jit's cache).
+    lower (e.g. NotImplementedError). ``fn``'s Pallas calls must be compiled, not
+    interpreted: on a host without a GPU, pass them ``interpret=False``. ``fn`` is traced
+    afresh (but a jitted function inside ``fn`` keeps jit's cache).
     """
     from jax import export
 
-    from medmamba_jax.ops import pallas_scan
-
-    def fresh(*a):  # a new function object: jit must trace again, in compiled mode, now
+    def fresh(*a):  # a new function object: jit must trace again, now
         return fn(*a)
 
     modules: list[tuple[str, str]] = []
-    saved, pallas_scan.INTERPRET = pallas_scan.INTERPRET, False
-    try:
-        with _capture_triton_ir(modules) if with_ir else contextlib.nullcontext():
-            skip_check = export.DisabledSafetyCheck.custom_call(TRITON_CALL)
-            exported = export.export(jax.jit(fresh), platforms=["cuda"], disabled_checks=[skip_check])(*args)
-    finally:
-        pallas_scan.INTERPRET = saved
+    with _capture_triton_ir(modules) if with_ir else contextlib.nullcontext():
+        skip_check = export.DisabledSafetyCheck.custom_call(TRITON_CALL)
+        exported = export.export(jax.jit(fresh), platforms=["cuda"], disabled_checks=[skip_check])(*args)
     launches = _launches(exported.mlir_module())
     if not with_ir:
         return [TritonKernel(name, warps, grid, "") for name, warps, grid in launches]

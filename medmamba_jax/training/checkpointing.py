@@ -57,7 +57,7 @@ from absl import logging as absl_logging
 from flax import nnx
 
 from medmamba_jax.checkpoints import (check_finite, describe_nonfinite, digest, host_arrays, nonfinite_names,
-                                      restore_targets, shell_model)
+                                      restore_targets)
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
@@ -389,7 +389,7 @@ def load_trained_checkpoint(workdir: str, which: str = "best", allow_nonfinite: 
         models: list[MedMamba] = []
 
         def templates(meta: dict):
-            models.append(shell_model(MedMambaConfig.from_dict(meta["model_config"])))
+            models.append(MedMamba.abstract(MedMambaConfig.from_dict(meta["model_config"])))
             return nnx.state(models[-1]), None
 
         with orbax_quiet():

@@ -7,7 +7,6 @@ since the run with their defaults.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ml_collections
@@ -15,11 +14,11 @@ from ml_collections import config_dict
 
 from medmamba_jax.data.transforms import RESIZE_METHODS
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
-from medmamba_jax.models import BLOCKS, VARIANT_CONFIGS, VARIANTS
+from medmamba_jax.models import BLOCKS, PRESETS, MedMambaConfig
 from medmamba_jax.ops import SCAN_IMPLS
 from medmamba_jax.training.errors import ConfigError
 
-MODELS = tuple(VARIANTS)
+MODELS = PRESETS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -125,8 +124,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    try:  # the architecture model_init.build will make, checked without building it
-        model = dataclasses.replace(VARIANT_CONFIGS[config.model], **model_overrides(config))
+    try:  # the architecture a run will build, checked without building it (any head size will do)
+        model = model_config(config, num_classes=0)
     except ValueError as err:
         raise ConfigError(f"bad model setting for {config.model}: {err}") from None
     if config.image_size < model.min_image_size:
@@ -161,8 +160,9 @@ def run_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigD
             if key not in free and plain(saved.get(key)) != plain(config[key])}
 
 
-def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The MedMamba arguments the config sets on top of its ``model`` variant's."""
+def model_config(config: ml_collections.ConfigDict, num_classes: int) -> MedMambaConfig:
+    """The MedMamba a training config describes: its ``model`` preset with the config's model
+    settings on top, and ``num_classes`` outputs. A bad setting raises ValueError naming it."""
     overrides = {
         "drop_path_rate": float(config.drop_path_rate),
         "scan_impl": config.scan_impl,
@@ -171,7 +171,7 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "block": config.block,
     }
     overrides.update({key: config[key] for key in ("depths", "dims") if config[key] is not None})
-    return overrides
+    return MedMambaConfig.preset(config.model, num_classes=num_classes, **overrides)
 
 
 def from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -1,4 +1,5 @@
-"""The model a run trains: built from the config, optionally initialised from a checkpoint.
+"""The model a run trains: ``MedMamba(config_lib.model_config(config, num_classes),
+rngs=init_rngs(config))``, optionally initialised from a checkpoint.
 
 ``init_from`` may be an upstream PyTorch ``.pth`` file, a directory from
 ``python -m medmamba_jax.convert``, or a training workdir. Its architecture must match the
@@ -15,20 +16,18 @@ import jax
 from flax import nnx, traverse_util
 
 from medmamba_jax.checkpoints import weights_state
-from medmamba_jax.models import VARIANTS, MedMamba
-from medmamba_jax.training import config as config_lib
+from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import TrainingError
 
 # Fields that define the architecture; num_classes only sizes the head.
 ARCH_FIELDS = ("depths", "dims", "d_state", "in_chans", "patch_size", "block")
 
 
-def build(config, num_classes: int) -> MedMamba:
-    """A freshly initialised MedMamba of ``config.model`` with the config's overrides."""
-    factory = VARIANTS[config.model]
-    # Eager construction is fast: the model's initialisers draw with NumPy (models/init.py).
-    return factory(num_classes=num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                   **config_lib.model_overrides(config))
+def init_rngs(config) -> nnx.Rngs:
+    """The RNG streams a run's fresh model is built with: 'params' from ``config.seed``,
+    'dropout' from the next seed. (Eager construction is fast: the model's initialisers draw
+    with NumPy, models/init.py.)"""
+    return nnx.Rngs(params=config.seed, dropout=config.seed + 1)
 
 
 def _load_source(path: str) -> MedMamba:

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from medmamba_jax import data as data_lib
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
 from medmamba_jax.evaluation.predict import split_batch_size
-from medmamba_jax.models import MedMambaConfig
+from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import (checkpointing, class_weights, ema, memory, model_init, optim, preemption, reporting,
                                    sharding, steps)
 from medmamba_jax.training import config as config_lib
@@ -93,7 +93,7 @@ def prepare(config, workdir: str | None = None) -> Run:
     mesh = sharding.make_mesh()
     if int(config.batch_size) % mesh.devices.size:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
-    model = model_init.build(config, info["num_classes"])
+    model = MedMamba(config_lib.model_config(config, info["num_classes"]), rngs=model_init.init_rngs(config))
     if config.init_from:
         model_init.initialise_from(model, config.init_from)
     return _plan(config, info, splits, mesh, model, weights)
