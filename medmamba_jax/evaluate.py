@@ -42,6 +42,7 @@ import numpy as np
 
 from medmamba_jax.analysis import cli
 from medmamba_jax.evaluation.calibration import ECE_BINS
+from medmamba_jax.files import write_json
 
 PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
@@ -225,7 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.analysis import temperature
     from medmamba_jax.evaluation import metrics_and_outcomes
     from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
-    from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
     name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split

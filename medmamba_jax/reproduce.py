@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from medmamba_jax.analysis import cli
 from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS, table6_datasets
+from medmamba_jax.files import write_json
 
 # The recipe each --model trains with, and the architecture it trains.
 RECIPES = {"medmamba_t": ("medmnist", "medmamba_t"), "medmamba_s": ("medmnist", "medmamba_s"),
@@ -229,7 +230,7 @@ def run_all(exp: Experiment, workdir: str) -> None:
         _start_hosts(exp.runs[0].config)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        checkpointing.write_json(os.path.join(workdir, SETTINGS_FILE), settings(exp))
+        write_json(os.path.join(workdir, SETTINGS_FILE), settings(exp))
     for number, run in enumerate(exp.runs, 1):
         run_dir = os.path.join(workdir, run.name)
         if os.path.exists(os.path.join(run_dir, "results.json")):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from medmamba_jax.analysis.errors import ToolError
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import expected_errors
 
@@ -29,10 +30,6 @@ if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should no
 # --checkpoint's largest --image-size: 4.6x the side (21x the pixels) of the released 224 models;
 # a far larger side left predict computing for hours instead of answering.
 MAX_IMAGE_SIZE = 1024
-
-
-class ToolError(Exception):
-    """Bad input to a command; ``str(err)`` is shown to the user as one line."""
 
 
 @dataclasses.dataclass
