@@ -42,7 +42,8 @@ def main() -> None:
 
     from medmamba_jax import data as data_lib
     from medmamba_jax.configs import medmnist
-    from medmamba_jax.training import class_weights, ema, memory, model_init, optim, sharding, steps
+    from medmamba_jax import sharding
+    from medmamba_jax.training import class_weights, ema, memory, model_init, optim, steps
 
     config = medmnist.get_config()
     config.image_size = args.image_size
