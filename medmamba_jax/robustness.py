@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medmamba_jax.analysis import cli
+from medmamba_jax.evaluation import compute_metrics, summary
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 from medmamba_jax.files import write_json
 
@@ -51,8 +52,6 @@ class Scorer:
 
     def __call__(self, images: np.ndarray, severity: int = 0, perturb: Callable | None = None) -> dict[str, float]:
         """Metrics on ``perturb(chunk, severity, first)`` of each chunk of the images (none: the images)."""
-        from medmamba_jax.evaluation import compute_metrics, summary
-
         per_image = max(images[:1].nbytes, 1)
         chunk = max(1, CHUNK_BYTES // per_image // self.batch_size) * self.batch_size  # whole batches: one compilation
         scores = []

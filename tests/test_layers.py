@@ -2,9 +2,9 @@
 
 The package's modules are parsed (``ast``; nothing is imported) into a graph of their imports of
 medmamba_jax modules, at module level and inside functions. The test fails on an import from a
-lower layer to a higher one, on any cycle, and on an import inside a function that
-``LAZY_IMPORTS`` does not list with its reason. A module may import any module of its own layer
-or of a lower one.
+lower layer to a higher one, on any cycle, on an import inside a function that ``LAZY_IMPORTS``
+does not list with its reason, and on one of a module that importing the file already loads (it
+hides nothing). A module may import any module of its own layer or of a lower one.
 
 ``python tests/test_layers.py [ROOT]`` prints the counts the layering is judged by (cycles,
 function-level imports, upward imports, files over 300 lines) for the checkout at ROOT.
@@ -44,19 +44,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
              "medmamba_jax.export", "medmamba_jax.reproduce")),
 )
 
-HEAVY_FOR_HELP = "loads Orbax (seconds): a command's --help must not wait for it"
-COMMAND_RUNS = "a command imports the library it runs only once its arguments parse, so its --help starts fast"
 # (importer, imported module) -> why the import sits inside a function. An importer that is a
 # layer's name stands for every module of that layer.
 LAZY_IMPORTS: dict[tuple[str, str], str] = {
-    ("medmamba_jax.ops", "medmamba_jax.ops.pallas_scan"): "Pallas/Triton load only on a GPU",
-    ("medmamba_jax.ops.triton_lowering", "medmamba_jax.ops.pallas_scan"): "Pallas/Triton load only on a GPU",
+    ("medmamba_jax.ops", "medmamba_jax.ops.pallas_scan"): "Pallas loads only for impl='pallas' (a build may lack it)",
+    ("medmamba_jax.ops.triton_lowering", "medmamba_jax.ops.pallas_scan"): "Pallas loads only when a kernel is lowered",
     ("medmamba_jax", "medmamba_jax.params"): "`import medmamba_jax` stays free of Orbax and the torch converters",
-    ("medmamba_jax.training.errors", "medmamba_jax.params"): HEAVY_FOR_HELP + " (analysis/cli imports errors)",
+    ("medmamba_jax.training.errors", "medmamba_jax.params"): "loads Orbax, which a command's --help (analysis/cli "
+                                                             "imports errors) must not wait for",
     ("medmamba_jax.analysis.curves", "medmamba_jax.analysis.plots"): "matplotlib loads only when a figure is drawn",
-    ("medmamba_jax.commands", "medmamba_jax"): "`medmamba --version` loads no model code",
-    ("medmamba_jax.commands", "medmamba_jax.analysis.cli"): "`medmamba --help` loads no model code",
-    ("cli", "*"): COMMAND_RUNS,
+    # What a command runs loads once its arguments parse, so its --help starts fast (the rule
+    # below still refuses a function-level import of a module the command loads anyway).
+    ("cli", "*"): "a command loads the library it runs only when it runs",
 }
 
 
@@ -66,6 +65,7 @@ class Import(NamedTuple):
     path: str  # the importer's file, relative to ROOT
     line: int
     in_function: bool
+    runs_at_import: bool  # False inside a function and under ``if TYPE_CHECKING:``
 
 
 def module_files(root: str = ROOT) -> dict[str, str]:
@@ -86,17 +86,18 @@ def imports(root: str = ROOT) -> Iterator[Import]:
     for module, path in sorted(modules.items()):
         tree = ast.parse(open(path).read(), path)
         package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
-        for node, in_function in _import_nodes(tree, in_function=False):
+        for node, in_function, runs in _import_nodes(tree, in_function=False, runs=True):
             for imported in _targets(node, package, modules):
-                yield Import(module, imported, os.path.relpath(path, root), node.lineno, in_function)
+                yield Import(module, imported, os.path.relpath(path, root), node.lineno, in_function, runs)
 
 
-def _import_nodes(node: ast.AST, in_function: bool) -> Iterator[tuple[ast.AST, bool]]:
+def _import_nodes(node: ast.AST, in_function: bool, runs: bool) -> Iterator[tuple[ast.AST, bool, bool]]:
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.Import, ast.ImportFrom)):
-            yield child, in_function
+            yield child, in_function, runs
         inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-        yield from _import_nodes(child, inside)
+        typing_only = isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test)
+        yield from _import_nodes(child, inside, runs and not inside and not typing_only)
 
 
 def _targets(node: ast.AST, package: str, modules: dict[str, str]) -> list[str]:
@@ -170,6 +171,29 @@ def cycles(found: list[Import]) -> list[list[str]]:
     return [c for c in components if len(c) > 1]
 
 
+def loaded_at_import(found: list[Import]) -> dict[str, set[str]]:
+    """{module: the modules that importing it runs}: its imports that run at import time, their
+    packages' __init__ modules, and theirs in turn."""
+    direct: dict[str, set[str]] = {}
+    for i in found:
+        if i.runs_at_import:
+            direct.setdefault(i.importer, set()).add(i.imported)
+
+    def with_packages(module: str) -> list[str]:
+        parts = module.split(".")
+        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+    loaded = {}
+    for module in {i.importer for i in found}:
+        seen, todo = set(), with_packages(module)
+        while todo:
+            if (nxt := todo.pop()) not in seen:
+                seen.add(nxt)
+                todo += [m for imported in direct.get(nxt, ()) for m in with_packages(imported)]
+        loaded[module] = seen
+    return loaded
+
+
 def lazy_reason(i: Import) -> str | None:
     """Why ``i`` (an import inside a function) may stay there, or None."""
     layer = LAYERS[layer_of(i.importer)][0]
@@ -205,6 +229,14 @@ def test_no_modules_import_each_other_in_a_cycle():
 def test_imports_inside_functions_are_listed_with_their_reason():
     problems = [f"{_where(i)}: import inside a function, not in LAZY_IMPORTS (move it to the top, or list it "
                 "with its reason)" for i in imports() if i.in_function and lazy_reason(i) is None]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_inside_a_function_hides_a_module_already_loaded():
+    found = list(imports())
+    loaded = loaded_at_import(found)
+    problems = [f"{_where(i)}: import inside a function of a module that importing {i.importer} already loads; "
+                "import it at the top" for i in found if i.in_function and i.imported in loaded[i.importer]]
     assert not problems, "\n".join(problems)
 
 
