@@ -34,6 +34,7 @@ from medmamba_jax.analysis import cli, reproduce_tables
 from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS, table6_datasets
 from medmamba_jax.data import DataError, medmnist_source
 from medmamba_jax.files import write_json
+from medmamba_jax.training import preemption
 from medmamba_jax.training.errors import ConfigError
 
 # The recipe each --model trains with, and the architecture it trains.
@@ -220,7 +221,7 @@ def run_all(exp: Experiment, workdir: str) -> None:
     """Trains each run not yet finished, in order, then writes the tables (process 0)."""
     import jax
 
-    from medmamba_jax.training import checkpointing, preemption
+    from medmamba_jax.training import checkpointing
     from medmamba_jax.training.train import train_and_evaluate
 
     several_hosts = bool(exp.runs[0].config.distributed)

@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # layer's name stands for every module of that layer.
 LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("medmamba_jax.ops", "medmamba_jax.ops.pallas_scan"): "Pallas loads only for impl='pallas' (a build may lack it)",
+    ("medmamba_jax.ops", "medmamba_jax.ops.cpu_scan"): "numba is optional: the CPU kernels load only for impl='cpu'",
     ("medmamba_jax.ops.triton_lowering", "medmamba_jax.ops.pallas_scan"): "Pallas loads only when a kernel is lowered",
     ("medmamba_jax", "medmamba_jax.params"): "`import medmamba_jax` stays free of Orbax and the torch converters",
     ("medmamba_jax.training.errors", "medmamba_jax.params"): "loads Orbax, which a command's --help (analysis/cli "
