@@ -29,9 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medmamba_jax.configs import medmnist  # noqa: E402
 from medmamba_jax import data as data_lib  # noqa: E402
 from medmamba_jax.runtime import prefer_low_memory_cpu_schedule  # noqa: E402
+from medmamba_jax import sharding  # noqa: E402
 from medmamba_jax.models import MedMamba  # noqa: E402
 from medmamba_jax.training import config as config_lib  # noqa: E402
-from medmamba_jax.training import model_init, optim, sharding, steps  # noqa: E402
+from medmamba_jax.training import model_init, optim, steps  # noqa: E402
 
 
 def _images_per_sec(step_fn, states, stream, mesh, first: int, n_steps: int, bounded: bool):

@@ -42,8 +42,9 @@ def main() -> None:
 
     from medmamba_jax import data as data_lib
     from medmamba_jax.configs import medmnist
+    from medmamba_jax import sharding
     from medmamba_jax.models import MedMamba
-    from medmamba_jax.training import class_weights, ema, memory, model_init, optim, sharding, steps
+    from medmamba_jax.training import class_weights, ema, memory, model_init, optim, steps
     from medmamba_jax.training import config as config_lib
 
     config = medmnist.get_config()

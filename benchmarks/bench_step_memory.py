@@ -33,9 +33,10 @@ def main() -> None:
 
     from medmamba_jax import data as data_lib
     from medmamba_jax.configs import medmnist
+    from medmamba_jax import sharding
     from medmamba_jax.models import MedMamba
     from medmamba_jax.training import config as config_lib
-    from medmamba_jax.training import memory, model_init, optim, sharding, steps
+    from medmamba_jax.training import memory, model_init, optim, steps
 
     config = medmnist.get_config()
     mesh = sharding.make_mesh()

@@ -28,9 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import medmnist as medmnist_config  # noqa: E402
 from medmamba_jax import data as data_lib  # noqa: E402
 from medmamba_jax.runtime import prefer_low_memory_cpu_schedule  # noqa: E402
+from medmamba_jax import sharding  # noqa: E402
 from medmamba_jax.models import MedMamba  # noqa: E402
 from medmamba_jax.training import config as config_lib  # noqa: E402
-from medmamba_jax.training import model_init, optim, sharding, steps  # noqa: E402
+from medmamba_jax.training import model_init, optim, steps  # noqa: E402
 
 
 def _config(args):

@@ -22,10 +22,10 @@ import optax
 from flax import nnx
 
 from benchmarks.common import median_seconds, record
-from medmamba_jax import models
+from medmamba_jax import models, sharding
 from medmamba_jax.data import TrainTransform
 from medmamba_jax.ops import ScanConfig
-from medmamba_jax.training import sharding, steps
+from medmamba_jax.training import steps
 
 FACTORIES = {"t": models.medmamba_t, "s": models.medmamba_s, "b": models.medmamba_b}
 

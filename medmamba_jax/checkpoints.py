@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from medmamba_jax import files
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 
@@ -184,9 +185,7 @@ def save_model(directory: str | os.PathLike, model: MedMamba, card: ModelCard | 
     checkpointer.wait_until_finished()
     config = json.dumps({**model.config.to_dict(), **card.to_json()}, indent=2)
     for name, text in ((CHECKSUM_FILE, weights_digest(model)), (CONFIG_FILE, config)):
-        tmp = directory / (name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(directory / name)
+        files.write_text(directory / name, text + "\n")
     return directory
 
 

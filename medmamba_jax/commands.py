@@ -16,6 +16,8 @@ import importlib.util
 import sys
 from typing import Sequence
 
+from medmamba_jax import __version__
+
 PROG = "medmamba"
 # subcommand: (module whose main(argv) runs it, one line of help)
 TOOLS = {
@@ -38,8 +40,6 @@ def available() -> dict[str, tuple[str, str]]:
 
 
 def version() -> str:
-    from medmamba_jax import __version__
-
     return __version__
 
 

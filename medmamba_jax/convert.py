@@ -19,11 +19,11 @@ import sys
 from typing import Sequence
 
 from medmamba_jax.analysis import cli
+from medmamba_jax.models import count_params
 
 
 def _convert(argv: Sequence[str] | None) -> int:
     from medmamba_jax.checkpoints import save_model
-    from medmamba_jax.models import count_params
     from medmamba_jax.params import from_torch
 
     parser = cli.parser_for("medmamba_jax.convert", __doc__)

@@ -41,7 +41,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from medmamba_jax.analysis import cli
-from medmamba_jax.evaluation.calibration import ECE_BINS
+from medmamba_jax.data.image_files import ImageReadError, labelled_folder, load_for_model
+from medmamba_jax.evaluation import metrics_and_outcomes
+from medmamba_jax.evaluation.calibration import (ECE_BINS, TEMPERATURE_RANGE, calibration_error, fit_temperature,
+                                                 reliabilities)
+from medmamba_jax.evaluation.predict import probabilities
+from medmamba_jax.files import write_json
 
 PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
@@ -118,8 +123,6 @@ def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, truth: np.ndar
     plots.roc(truth, scores, metrics["per_class_auc"], names,
               f"{source}: one-vs-rest ROC (macro AUC {metrics['auc']:.3f})", roc_path)
     if np.isfinite(scores).all():
-        from medmamba_jax.evaluation.calibration import reliabilities
-
         diagrams = reliabilities(labels, scores, loaded.multi_label)
         named = list(zip(names, diagrams)) if loaded.multi_label else [("top label", diagrams[0])]
         at = f"temperature {metrics['temperature']:.3g}" + (f", TTA {metrics['tta']}" if metrics.get("tta") else "")
@@ -135,7 +138,6 @@ def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
     about the folder) of an external test folder, its classes matched by ``external``."""
     import tqdm
 
-    from medmamba_jax.data.image_files import ImageReadError, labelled_folder, load_for_model
     from medmamba_jax.evaluation.external import ClassMatchError, match_classes, parse_class_map
 
     if loaded.multi_label:
@@ -182,7 +184,6 @@ def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.
     """Fits the temperature on the logits of validation ``images`` (N, H, W, C), saves it
     beside the checkpoint, and returns what it saved with its path as "file"."""
     from medmamba_jax.analysis import temperature
-    from medmamba_jax.evaluation.calibration import TEMPERATURE_RANGE, fit_temperature
 
     cli.writable_dir(loaded.directory, "checkpoint directory")  # before the validation split is scored
     print(f"fitting a temperature on {len(images)} val images", file=sys.stderr)
@@ -207,9 +208,6 @@ def calibrated_scores(loaded: cli.Loaded, logits: np.ndarray, labels: np.ndarray
     """(probabilities (N, K) of pass logits (N, P, K) at ``temperature``, their ECE keys for
     metrics.json: "ece", "per_label_ece" for multi-label, and "ece_uncalibrated" when the
     temperature is not 1)."""
-    from medmamba_jax.evaluation.calibration import calibration_error
-    from medmamba_jax.evaluation.predict import probabilities
-
     def scores_at(t: float) -> np.ndarray:
         return np.asarray(probabilities(logits, t, loaded.multi_label))
 
@@ -223,9 +221,7 @@ def calibrated_scores(loaded: cli.Loaded, logits: np.ndarray, labels: np.ndarray
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from medmamba_jax.analysis import temperature
-    from medmamba_jax.evaluation import metrics_and_outcomes
     from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
-    from medmamba_jax.training.checkpointing import write_json
 
     cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
     name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split

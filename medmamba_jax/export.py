@@ -34,6 +34,7 @@ from flax import nnx
 from medmamba_jax import __version__, extras
 from medmamba_jax.analysis import cli
 from medmamba_jax.data.transforms import EvalTransform
+from medmamba_jax.files import write_json
 from medmamba_jax.models.ss2d import SS2D
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -215,8 +216,6 @@ def export(loaded: cli.Loaded, name: str, out: str, source: dict | None = None) 
     file's name plus .json) into the directory ``out``; returns the manifest. The file is
     written under a temporary name and checked against ``loaded.scores`` first: ToolError, and
     nothing replaced, when it differs by more than TOLERANCE."""
-    from medmamba_jax.training.checkpointing import write_json  # loads Orbax: not for --help
-
     chosen, (convert, run) = FORMATS[name], CONVERTERS[name]
     print(f"tracing with the {chosen.scan_impl} scan and writing {name} ...", file=sys.stderr, flush=True)
     data = convert(probability_function(loaded, chosen.scan_impl), input_shape(loaded))

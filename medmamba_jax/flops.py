@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from medmamba_jax import paper
 from medmamba_jax.analysis import cli
+from medmamba_jax.models import BLOCK_PARTS, BLOCKS, PRESETS, MedMamba, MedMambaConfig, count_params
 
 TABLE7_CLASSES = 9  # Table 7's parameter counts hold at 8 to 126 classes; PathMNIST has 9
 
@@ -51,8 +52,6 @@ How the paper counted (the convention above reproduces it):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from medmamba_jax.models import BLOCKS, PRESETS
-
     parser = cli.parser_for("medmamba_jax.flops", __doc__)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", choices=sorted(PRESETS), default="medmamba_t", help="variant (default: medmamba_t)")
@@ -77,8 +76,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def paper_values(name: str, block: str, args: argparse.Namespace, custom: bool) -> tuple[float | None, float | None]:
     """(params in M, GFLOPs) the paper gives for this model, or Nones where it gives none:
     Table 7 for --ablation (MedMamba-T), else Table 1 (1000 classes, the full block)."""
-    from medmamba_jax.models import BLOCK_PARTS
-
     if custom or args.image_size != 224:
         return None, None
     if args.ablation:
@@ -95,7 +92,6 @@ def paper_values(name: str, block: str, args: argparse.Namespace, custom: bool) 
 def measure(name: str, block: str, args: argparse.Namespace) -> dict[str, Any]:
     """Parameters, MACs by convention and (unless --no-xla) XLA FLOPs of one model at ``args.image_size``."""
     from medmamba_jax.analysis import flop_count
-    from medmamba_jax.models import MedMamba, MedMambaConfig, count_params
 
     overrides = {k: tuple(v) for k, v in (("depths", args.depths), ("dims", args.dims)) if v}
     try:
@@ -143,8 +139,6 @@ HEADER = (f"{'model':<19} {'block':<16} {'image':>5} {'params':>12} {'hooks':>8}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from medmamba_jax.models import BLOCKS, PRESETS
-
     args = parse_args(argv)
     if args.ablation:
         jobs = [("medmamba_t", block) for block in BLOCKS]

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from medmamba_jax.analysis import cli
+from medmamba_jax.data.image_files import ImageReadError, load_for_model
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,8 +41,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str, np.ndarray | str]]:
     """(path, stored-form uint8 image) per path, or (path, error message) when unreadable."""
-    from medmamba_jax.data.image_files import ImageReadError, load_for_model
-
     for path in paths:
         try:
             yield path, load_for_model(path, loaded.stored_channels, loaded.stored_size, loaded.upstream_decoding)

@@ -30,8 +30,12 @@ import shlex
 import sys
 from typing import Any, Sequence
 
-from medmamba_jax.analysis import cli
+from medmamba_jax.analysis import cli, reproduce_tables
 from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS, table6_datasets
+from medmamba_jax.data import DataError, medmnist_source
+from medmamba_jax.files import write_json
+from medmamba_jax.training import preemption
+from medmamba_jax.training.errors import ConfigError
 
 # The recipe each --model trains with, and the architecture it trains.
 RECIPES = {"medmamba_t": ("medmnist", "medmamba_t"), "medmamba_s": ("medmnist", "medmamba_s"),
@@ -90,8 +94,6 @@ def _recipe_config(recipe: str, model: str | None, overrides: dict[str, Any]):
     """The recipe's config with ``model`` (None: the recipe's own) and ``overrides``."""
     import importlib
 
-    from medmamba_jax.training.errors import ConfigError
-
     try:
         module = importlib.import_module(f"medmamba_jax.configs.{recipe}")
     except ModuleNotFoundError as err:
@@ -136,8 +138,6 @@ def experiment(args: argparse.Namespace) -> Experiment:
         runs = [Run(d, _with(base, dataset=d)) for d in chosen]
         dataset = ""
     else:
-        from medmamba_jax.data import DataError, medmnist_source
-
         if args.datasets:
             raise cli.ToolError("--datasets is for table6; table7 trains on one --dataset")
         try:
@@ -221,7 +221,7 @@ def run_all(exp: Experiment, workdir: str) -> None:
     """Trains each run not yet finished, in order, then writes the tables (process 0)."""
     import jax
 
-    from medmamba_jax.training import checkpointing, preemption
+    from medmamba_jax.training import checkpointing
     from medmamba_jax.training.train import train_and_evaluate
 
     several_hosts = bool(exp.runs[0].config.distributed)
@@ -229,7 +229,7 @@ def run_all(exp: Experiment, workdir: str) -> None:
         _start_hosts(exp.runs[0].config)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        checkpointing.write_json(os.path.join(workdir, SETTINGS_FILE), settings(exp))
+        write_json(os.path.join(workdir, SETTINGS_FILE), settings(exp))
     for number, run in enumerate(exp.runs, 1):
         run_dir = os.path.join(workdir, run.name)
         if os.path.exists(os.path.join(run_dir, "results.json")):
@@ -240,8 +240,6 @@ def run_all(exp: Experiment, workdir: str) -> None:
             preemption.announce_start(max(checkpointing.steps_on_disk(run_dir, "latest"), default=0))
         train_and_evaluate(_with(run.config, distributed=False), run_dir)
     if jax.process_index() == 0:
-        from medmamba_jax.analysis import reproduce_tables
-
         written = reproduce_tables.write(exp, workdir)
         print(f"wrote {', '.join(written)}")
 

@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from medmamba_jax.analysis import cli
+from medmamba_jax.evaluation import compute_metrics, summary
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
+from medmamba_jax.files import write_json
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,8 +52,6 @@ class Scorer:
 
     def __call__(self, images: np.ndarray, severity: int = 0, perturb: Callable | None = None) -> dict[str, float]:
         """Metrics on ``perturb(chunk, severity, first)`` of each chunk of the images (none: the images)."""
-        from medmamba_jax.evaluation import compute_metrics, summary
-
         per_image = max(images[:1].nbytes, 1)
         chunk = max(1, CHUNK_BYTES // per_image // self.batch_size) * self.batch_size  # whole batches: one compilation
         scores = []
@@ -82,8 +82,6 @@ class KeptSweeps:
     def __init__(self, out: str, loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray):
         import jax
         from flax import nnx
-
-        from medmamba_jax.training.checkpointing import write_json
 
         self._write, self.path = write_json, os.path.join(out, PARTIAL_FILE)
         weights = jax.tree.leaves(nnx.state(loaded.model, nnx.Param, nnx.BatchStat))
@@ -180,8 +178,6 @@ def format_table(table: dict[str, Any], metric: str = "accuracy") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from medmamba_jax.training.checkpointing import write_json
-
     cli.resolve_split(args.split)
     loaded = cli.load(args)
     images, labels = cli.load_split(loaded, args.split, args.limit)

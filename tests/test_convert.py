@@ -160,7 +160,7 @@ def test_a_model_saved_on_eight_devices_loads_on_one(tmp_path):
         "from flax import nnx\n"
         "from medmamba_jax import from_torch\n"
         "from medmamba_jax.checkpoints import save_model\n"
-        "from medmamba_jax.training import sharding\n"
+        "from medmamba_jax import sharding\n"
         f"model = from_torch({str(DATA / 'tiny.pth')!r})\n"
         "nnx.update(model, sharding.replicate(sharding.make_mesh(), nnx.state(model)))\n"
         "assert len(model.head.kernel.value.sharding.device_set) == 8\n"

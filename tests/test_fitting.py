@@ -17,6 +17,7 @@ import pytest
 
 from medmamba_jax.evaluation.predict import split_batch_size
 from medmamba_jax.evaluation.progress import BatchProgress
+from medmamba_jax.files import read_json_lines
 from medmamba_jax.training import memory, preemption, reporting, train
 from medmamba_jax.training.errors import TrainingError, out_of_memory_as
 
@@ -74,7 +75,7 @@ def test_out_of_memory_becomes_one_line_naming_what_to_lower():
 
 
 def _train_losses(workdir: str) -> list[float]:
-    return [r["loss"] for r in reporting.read_records(os.path.join(workdir, reporting.METRICS_FILE))
+    return [r["loss"] for r in read_json_lines(os.path.join(workdir, reporting.METRICS_FILE))
             if r["split"] == "train"]
 
 

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from medmamba_jax.analysis.errors import ToolError
+from medmamba_jax.data import SPLITS, dataset_info
+from medmamba_jax.data import load_split as data_load_split
+from medmamba_jax.data.errors import DataError
+from medmamba_jax.data.transforms import MEAN, STD, EvalTransform
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import expected_errors
 
@@ -29,10 +34,6 @@ if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should no
 # --checkpoint's largest --image-size: 4.6x the side (21x the pixels) of the released 224 models;
 # a far larger side left predict computing for hours instead of answering.
 MAX_IMAGE_SIZE = 1024
-
-
-class ToolError(Exception):
-    """Bad input to a command; ``str(err)`` is shown to the user as one line."""
 
 
 @dataclasses.dataclass
@@ -55,7 +56,6 @@ class Loaded:
     def card(self) -> ModelCard:
         """The model card that makes a model directory of this model feed and name it as here."""
         from medmamba_jax.checkpoints import ModelCard
-        from medmamba_jax.data.transforms import MEAN, STD
 
         return ModelCard(self.image_size, self.stored_size, self.stored_channels, (MEAN,) * self.in_chans,
                          (STD,) * self.in_chans, "upstream" if self.upstream_decoding else "dataset",
@@ -72,8 +72,6 @@ class Loaded:
     @property
     def transform(self):
         """Stored uint8 images (b, H, W, C) -> model input, exactly as training evaluated them."""
-        from medmamba_jax.data.transforms import EvalTransform
-
         resize = self.config.resize if self.config is not None else "linear"  # a workdir resizes as it trained
         return EvalTransform(self.image_size, self.in_chans, resize)
 
@@ -236,7 +234,6 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None,
     later read of the dataset, and for a workdir trained before dataset.json existed, whose
     class names come from the dataset. Weights holding NaN or inf are refused unless
     ``allow_nonfinite``."""
-    from medmamba_jax.data import dataset_info
     from medmamba_jax.training.checkpointing import load_trained_checkpoint, read_dataset_info
 
     workdir = os.path.expanduser(workdir)
@@ -266,8 +263,6 @@ def from_workdir(workdir: str, which: str = "best", data_dir: str | None = None,
 def _dataset_errors(config: ml_collections.ConfigDict, data_dir_given: bool) -> Iterator[None]:
     """A DataError inside becomes a one-line ToolError; when the data may have moved since
     training, it names the training data_dir and --data-dir."""
-    from medmamba_jax.data.errors import DataError
-
     try:
         yield
     except DataError as err:
@@ -304,7 +299,6 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None, 
     and ``labels`` (which win) say; without either, RGB at 224 px as upstream reads files.
     Weights holding NaN or inf are refused unless ``allow_nonfinite``."""
     from medmamba_jax.checkpoints import load_model
-    from medmamba_jax.data.transforms import MEAN, STD
 
     if image_size and image_size > MAX_IMAGE_SIZE:
         raise ToolError(f"--image-size {image_size} is above {MAX_IMAGE_SIZE}, the largest input these tools run "
@@ -333,8 +327,6 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None, 
 
 
 def resolve_split(split: str) -> str:
-    from medmamba_jax.data import SPLITS
-
     if split not in SPLITS:
         raise ToolError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     return split
@@ -342,8 +334,6 @@ def resolve_split(split: str) -> str:
 
 def load_split(loaded: Loaded, split: str, limit: int | None = None):
     """(uint8 images, labels) of a workdir's dataset split, the first ``limit`` only if given."""
-    from medmamba_jax.data import load_split as data_load_split
-
     if loaded.config is None:
         raise ToolError("this command needs a dataset: use --workdir, not --checkpoint")
     with _dataset_errors(loaded.config, loaded.data_dir_given):

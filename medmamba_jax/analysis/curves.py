@@ -14,8 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medmamba_jax.analysis.cli import ToolError
-from medmamba_jax.training import reporting
+from medmamba_jax import files
+from medmamba_jax.analysis.errors import ToolError
+
+METRICS_FILE = "metrics.jsonl"  # written by training.reporting, which draws its curves with this module
 
 class History(NamedTuple):
     """One run's curves. x values are epochs (epoch e's end is e + 1); arrays are float."""
@@ -42,11 +44,11 @@ class History(NamedTuple):
 
 def read_records(workdir: str) -> list[dict]:
     """The records of W/metrics.jsonl; a line that a killed run left half-written is skipped."""
-    path = os.path.join(workdir, reporting.METRICS_FILE)
+    path = os.path.join(workdir, METRICS_FILE)
     if not os.path.isfile(path):
         what = "is not a train.py workdir" if not os.path.isdir(workdir) else "has not logged anything yet"
         raise ToolError(f"{path} not found: {workdir} {what}")
-    return reporting.read_records(path)
+    return files.read_json_lines(path)
 
 
 def history(records: list[dict], name: str) -> History:
@@ -98,13 +100,8 @@ def read_history(workdir: str, name: str | None = None) -> History:
 def draw(histories: list[History], best_metric: str, path: str) -> str:
     """Writes the curves figure as PNG at ``path``, atomically: a reader (or a run killed
     meanwhile) sees the previous figure or the complete new one."""
-    from medmamba_jax.analysis import plots
+    from medmamba_jax.analysis import plots  # matplotlib takes seconds to load: only when a figure is drawn
 
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    try:
+    with files.atomic_path(path, suffix=".tmp.png") as tmp:
         plots.training_curves(histories, best_metric, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from medmamba_jax import paper
+from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS
+from medmamba_jax.data import medmnist_source
+
 # images/s of one train step, by (platform, model, dtype): (figure, where it was measured).
 _H100 = "one H100, batch 128, benchmarks/bench_train_gpu.py, benchmarks/RESULTS.md (issue 4, 2026-11-23)"
 THROUGHPUT = {
@@ -29,8 +33,6 @@ FORWARD_SHARE = 1 / 3  # an evaluated image's cost as a share of a trained one's
 
 def file_bytes(flag: str, size: int) -> int:
     """Bytes of the arrays in MedMNIST's ``flag`` file at ``size``: an upper bound on its download."""
-    from medmamba_jax.data import medmnist_source
-
     entry = medmnist_source.info(flag)
     images = sum(entry["n_samples"].values())
     labels = len(entry["label"]) if entry["task"].startswith("multi-label") else 1
@@ -47,8 +49,6 @@ def _human(seconds: float) -> str:
 def data_lines(configs: list[Any]) -> list[str]:
     """One line per distinct MedMNIST file the runs read: its size and whether it is there."""
     import os
-
-    from medmamba_jax.data import medmnist_source
 
     lines, missing, seen = [], 0, set()
     for config in configs:
@@ -83,8 +83,6 @@ def _rate(config) -> tuple[float, str] | None:
 
 def time_lines(runs: list[Any]) -> list[str]:
     """The estimated training time of each run and in all, or why there is none."""
-    from medmamba_jax.data import medmnist_source
-
     ablation_flops = _ablation_flops()
     lines, total, source = [], 0.0, ""
     for run in runs:
@@ -108,9 +106,6 @@ def time_lines(runs: list[Any]) -> list[str]:
 
 def _ablation_flops() -> dict[str, float]:
     """Each ablation block's FLOPs relative to the full block's, from Table 7 (the same on every data set)."""
-    from medmamba_jax import paper
-    from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS
-
     flops = {ABLATION_BLOCKS["".join(r[k] for k in ("ssm", "conv", "split", "shuffle"))]: float(r["flops_G"])
              for r in paper.table("table7_ablation")}
     return {block: value / flops["full"] for block, value in flops.items()}

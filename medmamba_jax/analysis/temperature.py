@@ -22,7 +22,9 @@ from typing import Any
 
 from flax import nnx
 
-from medmamba_jax.analysis.cli import ToolError
+from medmamba_jax.analysis.errors import ToolError
+from medmamba_jax.checkpoints import weights_digest
+from medmamba_jax.files import write_json
 
 TEMPERATURE_FILE = "temperature.json"
 
@@ -34,8 +36,6 @@ def path(directory: str) -> str:
 def read(directory: str, model: nnx.Module) -> dict[str, Any] | None:
     """The temperature.json record saved beside ``model``'s weights in ``directory``, or None
     if there is none; ToolError for one that is malformed or fitted for other weights."""
-    from medmamba_jax.checkpoints import weights_digest
-
     where = path(directory)
     if not directory or not os.path.isfile(where):
         return None
@@ -58,9 +58,6 @@ def read(directory: str, model: nnx.Module) -> dict[str, Any] | None:
 def write(directory: str, model: nnx.Module, record: dict[str, Any]) -> str:
     """Saves ``record`` (with at least "temperature") as ``directory``/temperature.json, tied
     to ``model``'s weights by their checksum; returns the file's path."""
-    from medmamba_jax.checkpoints import weights_digest
-    from medmamba_jax.training.checkpointing import write_json
-
     where = path(directory)
     write_json(where, {**record, "weights_sha256": weights_digest(model)})
     return where

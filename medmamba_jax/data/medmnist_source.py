@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zipfile
 from typing import Any
 
 import numpy as np
 
-from medmamba_jax import extras
+from medmamba_jax import extras, files
 from medmamba_jax.data.errors import DataError
 
 SIZES = (28, 64, 128, 224)
@@ -66,19 +65,15 @@ def download(flag: str, size: int, data_dir: str, replace: bool = False) -> str:
         return path
     url, md5 = url_and_md5(flag, size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while block := response.read(1 << 20):
-                out.write(block)
-        if (got := _md5(tmp)) != md5:
-            raise DataError(f"download of {url} has MD5 {got}, expected {md5}; try again")
-        os.replace(tmp, path)
+        with files.atomic_path(path, suffix=".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                while block := response.read(1 << 20):
+                    out.write(block)
+            if (got := _md5(tmp)) != md5:
+                raise DataError(f"download of {url} has MD5 {got}, expected {md5}; try again")
     except OSError as err:
         raise DataError(f"could not download {url} to {path}: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from medmamba_jax import sharding
 from medmamba_jax.evaluation.progress import BatchProgress
-from medmamba_jax.training import sharding
 
 
 @nnx.jit(static_argnums=(2, 3))

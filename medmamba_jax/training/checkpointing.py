@@ -45,7 +45,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -58,6 +57,8 @@ from flax import nnx
 
 from medmamba_jax.checkpoints import (check_finite, describe_nonfinite, digest, host_arrays, nonfinite_names,
                                       restore_targets)
+# write_json is re-exported: training.train and tests call checkpointing.write_json.
+from medmamba_jax.files import write_json  # noqa: F401
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
@@ -72,19 +73,6 @@ LOCK_FILE = "train.lock"
 
 class NoCheckpointError(FileNotFoundError):
     """The workdir holds no (readable) checkpoint of the requested kind."""
-
-
-def write_json(path: str, value: Any) -> None:
-    """Writes ``value`` as JSON atomically: readers see the old file or the complete new one."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:  # a Ctrl-C or an unserialisable value leaves no stray temporary file
-        os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from medmamba_jax.training import checkpointing
+from medmamba_jax.files import write_json
 from medmamba_jax.training.errors import ConfigError
 
 FILE = "class_weights.json"
@@ -66,7 +66,7 @@ def record(workdir: str, setting, weights: np.ndarray, train_labels: np.ndarray,
     names, multi_label = info["label_names"], info["multi_label"]
     counts = training_counts(train_labels, multi_label, len(names))
     applies_to = "the positives of each label (negatives weigh 1)" if multi_label else "the images of each class"
-    checkpointing.write_json(os.path.join(workdir, FILE), {
+    write_json(os.path.join(workdir, FILE), {
         "setting": setting if isinstance(setting, str) else list(setting), "applies_to": applies_to,
         "label_names": list(names), "weights": [float(w) for w in weights],
         "train_counts": [int(c) for c in counts], "train_images": len(train_labels),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from medmamba_jax.data.errors import DataError
+from medmamba_jax.extras import MissingExtra
+
 
 class ConfigError(ValueError):
     """A config key is unknown or has an unusable value."""
@@ -32,11 +35,8 @@ def expected_errors() -> tuple[type[Exception], ...]:
 
     train.py and the analysis commands turn these into one ``error:`` line and exit
     status 1. An OSError (a missing file, a read-only or full disk) names its cause and
-    path. Imported on call: CheckpointError's module loads Orbax, which importing
-    this module (the config does) should not.
+    path.
     """
-    from medmamba_jax.data.errors import DataError
-    from medmamba_jax.extras import MissingExtra
-    from medmamba_jax.params import CheckpointError
+    from medmamba_jax.params import CheckpointError  # loads Orbax, which importing this module (the config does) should not
 
     return (DataError, ConfigError, TrainingError, CheckpointError, OSError, MissingExtra)

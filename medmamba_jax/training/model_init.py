@@ -15,8 +15,10 @@ import sys
 import jax
 from flax import nnx, traverse_util
 
-from medmamba_jax.checkpoints import weights_state
+from medmamba_jax.checkpoints import load_model, weights_state
 from medmamba_jax.models import MedMamba
+from medmamba_jax.params import from_torch
+from medmamba_jax.training.checkpointing import load_trained
 from medmamba_jax.training.errors import TrainingError
 
 # Fields that define the architecture; num_classes only sizes the head.
@@ -34,16 +36,10 @@ def _load_source(path: str) -> MedMamba:
     """The model stored at ``path`` (.pth file, converted directory or training workdir)."""
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
-            from medmamba_jax.training.checkpointing import load_trained
-
             return load_trained(path, "best")[0]
-        from medmamba_jax.checkpoints import load_model
-
         return load_model(path)
     if not os.path.exists(path):
         raise TrainingError(f"init_from {path!r} does not exist")
-    from medmamba_jax.params import from_torch
-
     return from_torch(path)
 
 

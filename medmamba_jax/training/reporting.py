@@ -16,7 +16,9 @@ from typing import Any
 
 import tqdm
 
-METRICS_FILE = "metrics.jsonl"
+from medmamba_jax import files
+from medmamba_jax.analysis import curves
+from medmamba_jax.analysis.curves import METRICS_FILE
 CURVES_FILE = "curves.png"
 
 
@@ -82,8 +84,6 @@ class Reporter:
 
     def _draw_curves(self) -> None:
         """A figure is a convenience: failing to draw one warns and lets training go on."""
-        from medmamba_jax.analysis import curves
-
         path = os.path.join(self._workdir, CURVES_FILE)
         try:
             curves.draw([curves.read_history(self._workdir, os.path.basename(self._workdir))], self._best_metric,
@@ -111,25 +111,10 @@ class Reporter:
             self._tb.close()
 
 
-def read_records(path: str) -> list[dict]:
-    """The records of a JSON-lines file; a line that a killed run left half-written is skipped."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
 def _keep_records(path: str, keep) -> list[dict]:
-    """Rewrites a JSON-lines file with the records ``keep`` accepts (read_records's), and returns them."""
-    records = [r for r in read_records(path) if keep(r)]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
+    """Rewrites a JSON-lines file atomically with the records ``keep`` accepts, and returns them."""
+    records = [r for r in files.read_json_lines(path) if keep(r)]
+    files.write_json_lines(path, records)
     return records
 
 

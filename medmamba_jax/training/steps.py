@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from medmamba_jax.training import sharding
+from medmamba_jax import sharding
 
 
 def loss_fn(logits: jax.Array, labels: jax.Array, multi_label: bool,

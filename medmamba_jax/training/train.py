@@ -22,11 +22,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from medmamba_jax import data as data_lib
+from medmamba_jax import sharding
 from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
 from medmamba_jax.evaluation.predict import split_batch_size
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import (checkpointing, class_weights, ema, memory, model_init, optim, preemption, reporting,
-                                   sharding, steps)
+                                   steps)
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError, out_of_memory_as
 
