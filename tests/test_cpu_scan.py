@@ -18,23 +18,9 @@ from medmamba_jax.models import MedMamba  # noqa: E402
 from medmamba_jax.ops import cross_selective_scan, resolve_impl, selective_scan  # noqa: E402
 from medmamba_jax.ops.cpu_scan import cross_selective_scan_cpu, selective_scan_cpu  # noqa: E402
 from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads  # noqa: E402
+from test_pallas_scan import random_inputs  # noqa: E402  (float32 arrays in MedMamba's ranges)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def random_inputs(rng, batch, groups, dim, n_state, length, extras=True):
-    """(u, delta, A, B, C, D, delta_bias) as float32 arrays, in MedMamba's ranges."""
-    channels = groups * dim
-    arrays = [
-        rng.standard_normal((batch, channels, length)),
-        rng.standard_normal((batch, channels, length)) * 0.7,
-        -np.exp(rng.uniform(0.0, 2.8, (channels, n_state))),
-        rng.standard_normal((batch, groups, n_state, length)),
-        rng.standard_normal((batch, groups, n_state, length)),
-        rng.standard_normal(channels) if extras else None,
-        rng.uniform(-3, 0.5, channels) if extras else None,
-    ]
-    return [None if a is None else jnp.asarray(a, jnp.float32) for a in arrays]
 
 
 def assert_matches(got, want, tol=1e-5):
@@ -66,7 +52,7 @@ def test_golden_forward_and_seven_grads():
 def test_matches_reference_on_ragged_shapes(length, n_state, chunk, tile, softplus, extras):
     # D = 6 channels per group: not a multiple of tile 4 or 8; L not a multiple of chunk.
     rng = fresh_rng()
-    args = random_inputs(rng, 2, 3, 6, n_state, length, extras)
+    args = random_inputs(rng, 2, 3, 6, n_state, length, extras=extras)
     if not softplus:  # without softplus, dt must stay positive to be stable
         args[1] = jnp.abs(args[1]) * 0.3
     dy = rng.standard_normal((2, 18, length))
