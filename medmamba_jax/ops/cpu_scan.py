@@ -1,4 +1,4 @@
-"""Selective scan on CPUs: numba kernels (``cpu_kernels``) reached through ``jax.pure_callback``.
+"""Selective scan on CPUs: numba kernels (``cpu_kernels``) called by XLA as custom calls.
 
 Public functions:
 
@@ -13,72 +13,128 @@ both are cheap elementwise XLA work, differentiated by JAX. The scan proper is a
 ``chunk`` positions; the backward recomputes each chunk's states from there and runs
 the adjoint as a reverse scan, so memory stays O(inputs + L*N*D / chunk).
 
-The callbacks run on the host thread XLA calls them from; numba's thread pool then
-spreads the (batch, direction, channel tile) units over the cores. Under ``vmap`` the
-callback runs once per mapped element (``vmap_method="sequential"``). Under a sharded
-``jit`` XLA gathers the operands to one device for the callback, which is fine on a
-CPU host (the kernel uses every core anyway).
+The kernels are reached through two numba ``cfunc`` entry points registered with XLA as
+CPU custom calls (XLA's original API: ``void f(void **outputs, const void **inputs)``),
+so they read and write XLA's own buffers. A ``jax.pure_callback`` would copy every
+operand into a fresh JAX array and every result back: at batch 8 those copies (page
+faults on fresh memory, mostly) cost as much as the scan itself. The shapes travel as a
+small int32 operand. Under ``vmap`` the call runs once per mapped element
+(``vmap_method="sequential"``); under a sharded ``jit`` XLA gathers the operands to one
+device for it, which is fine on a CPU host (the kernel uses every core anyway).
+
+XLA may run two custom calls at once from different threads (two devices of a
+data-parallel step, or independent ops), so numba's threading layer must allow
+concurrent parallel launches: this module asks for a thread-safe layer (OpenMP or TBB)
+unless ``NUMBA_THREADING_LAYER`` says otherwise, and refuses to load on the
+'workqueue' layer, which aborts the process on such launches ('auto' then picks
+'associative').
 """
 
 from __future__ import annotations
 
 import functools
-import threading
+import os
 
 import jax
 import jax.numpy as jnp
+import numba
 import numpy as np
+from numba import carray, cfunc, types
+from numba.np.ufunc.parallel import _launch_threads
 
-from medmamba_jax.ops.cpu_kernels import backward_kernel, forward_kernel
-from medmamba_jax.ops.selective_scan import add_skip, check_cross_shapes, prepare_inputs
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "threadsafe"
+# A cfunc loaded from numba's cache links against the parallel runtime's symbols
+# (allocate_sched, ...) without starting it ("LLVM ERROR: Symbol not found"): start it first.
+_launch_threads()
+
+from medmamba_jax.ops.cpu_kernels import backward_kernel, forward_kernel  # noqa: E402
+from medmamba_jax.ops.selective_scan import add_skip, check_cross_shapes, prepare_inputs  # noqa: E402
 
 DEFAULT_CHUNK = 32  # positions between saved states: hs is 16/32 of dt's size at N = 16
 DEFAULT_TILE = 32  # channels per unit: four AVX2 vectors, a (16, 32) state of 2 KiB
 
-# numba's default thread pool must not be entered by two host threads at once, and XLA
-# may run two independent callbacks concurrently.
-_KERNEL_LOCK = threading.Lock()
+# The int32 operand each custom call gets first: the shapes and settings of the call.
+_META_FIELDS = ("batch", "n_dirs", "groups_u", "length", "dim", "n_state", "n_chunks", "n_tiles",
+                "rev_from", "chunk", "tile", "save_states")  # fmt: skip
+_META = len(_META_FIELDS)
+_BUFFERS = types.CPointer(types.voidptr)
+_F32 = np.float32
 
 
-def _host(array) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32)
+@cfunc(types.void(_BUFFERS, _BUFFERS), cache=True)
+def _forward_call(outputs, inputs):
+    """inputs: meta, u, dt, A, B, C; outputs: y, hs (layouts in ``cpu_kernels``)."""
+    m = carray(inputs[0], (_META,), np.int32)
+    batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+    u = carray(inputs[1], (batch, groups_u, length, dim), _F32)
+    dt = carray(inputs[2], (batch, n_dirs, length, dim), _F32)
+    A = carray(inputs[3], (n_dirs, n_state, dim), _F32)
+    B = carray(inputs[4], (batch, n_dirs, length, n_state), _F32)
+    C = carray(inputs[5], (batch, n_dirs, length, n_state), _F32)
+    y = carray(outputs[0], (batch, n_dirs, length, dim), _F32)
+    hs = carray(outputs[1], (batch, n_dirs, n_chunks, n_state, dim), _F32)
+    forward_kernel(u, dt, A, B, C, m[8], m[9], m[10], y, hs, m[11] != 0)
 
 
-def _host_forward(u, dt, A, B, C, *, rev_from, chunk, tile, save_states):
-    u, dt, A, B, C = map(_host, (u, dt, A, B, C))
-    batch, n_dirs, length, dim = dt.shape
-    y = np.empty(dt.shape, np.float32)
-    n_chunks = -(-length // chunk) if save_states else 0
-    hs = np.empty((batch, n_dirs, n_chunks, A.shape[1], dim), np.float32)
-    with _KERNEL_LOCK:
-        forward_kernel(u, dt, A, B, C, rev_from, chunk, tile, y, hs, save_states)
-    return (y, hs) if save_states else y
+@cfunc(types.void(_BUFFERS, _BUFFERS), cache=True)
+def _backward_call(outputs, inputs):
+    """inputs: meta, u, dt, A, B, C, hs, dy; outputs: du, ddt, dA, dB, dC."""
+    m = carray(inputs[0], (_META,), np.int32)
+    batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+    n_tiles = m[7]
+    u = carray(inputs[1], (batch, groups_u, length, dim), _F32)
+    dt = carray(inputs[2], (batch, n_dirs, length, dim), _F32)
+    A = carray(inputs[3], (n_dirs, n_state, dim), _F32)
+    B = carray(inputs[4], (batch, n_dirs, length, n_state), _F32)
+    C = carray(inputs[5], (batch, n_dirs, length, n_state), _F32)
+    hs = carray(inputs[6], (batch, n_dirs, n_chunks, n_state, dim), _F32)
+    dy = carray(inputs[7], (batch, n_dirs, length, dim), _F32)
+    du = carray(outputs[0], (batch, n_dirs, length, dim), _F32)
+    ddt = carray(outputs[1], (batch, n_dirs, length, dim), _F32)
+    dA = carray(outputs[2], (batch, n_dirs, n_state, dim), _F32)
+    dB = carray(outputs[3], (batch, n_dirs, n_tiles, length, n_state), _F32)
+    dC = carray(outputs[4], (batch, n_dirs, n_tiles, length, n_state), _F32)
+    backward_kernel(u, dt, A, B, C, hs, dy, m[8], m[9], m[10], du, ddt, dA, dB, dC)
 
 
-def _host_backward(u, dt, A, B, C, hs, dy, *, rev_from, chunk, tile):
-    u, dt, A, B, C, hs, dy = map(_host, (u, dt, A, B, C, hs, dy))
-    batch, n_dirs, length, dim = dt.shape
-    n_state, n_tiles = A.shape[1], -(-dim // tile)
-    du, ddt = np.empty(dt.shape, np.float32), np.empty(dt.shape, np.float32)
-    dA = np.empty((batch, n_dirs, n_state, dim), np.float32)
-    dB = np.empty((batch, n_dirs, n_tiles, length, n_state), np.float32)
-    dC = np.empty_like(dB)
-    with _KERNEL_LOCK:
-        backward_kernel(u, dt, A, B, C, hs, dy, rev_from, chunk, tile, du, ddt, dA, dB, dC)
-    return du, ddt, dA, dB, dC
+if numba.threading_layer() == "workqueue":
+    raise ImportError("numba's 'workqueue' threading layer is not safe for XLA's concurrent calls")
+
+_FORWARD_TARGET, _BACKWARD_TARGET = "medmamba_cpu_scan_forward", "medmamba_cpu_scan_backward"
+for _name, _entry in ((_FORWARD_TARGET, _forward_call), (_BACKWARD_TARGET, _backward_call)):
+    jax.ffi.register_ffi_target(_name, jax.ffi.pycapsule(_entry.address), platform="cpu", api_version=0)
 
 
 def _like(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
+def _meta(u, dt, A, rev_from, chunk, tile, n_chunks, save_states) -> jax.Array:
+    batch, n_dirs, length, dim = dt.shape
+    values = (batch, n_dirs, u.shape[1], length, dim, A.shape[1], n_chunks, -(-dim // tile),
+              rev_from, chunk, tile, int(save_states))  # fmt: skip
+    return jnp.asarray(np.asarray(values, np.int32))
+
+
+def _n_chunks(length: int, chunk: int) -> int:
+    return -(-length // chunk)
+
+
+def _custom_call(target: str, results, *operands):
+    # custom_call_api_version=1: XLA's original CPU calling convention (outputs, inputs).
+    call = jax.ffi.ffi_call(target, results, vmap_method="sequential", custom_call_api_version=1)
+    return call(*operands)
+
+
 def _forward(u, dt, A, B, C, rev_from, chunk, tile, save_states):
     batch, n_dirs, length, dim = dt.shape
-    out = _like(dt.shape)
-    if save_states:
-        out = (out, _like((batch, n_dirs, -(-length // chunk), A.shape[1], dim)))
-    host = functools.partial(_host_forward, rev_from=rev_from, chunk=chunk, tile=tile, save_states=save_states)
-    return jax.pure_callback(host, out, u, dt, A, B, C, vmap_method="sequential")
+    n_chunks = _n_chunks(length, chunk) if save_states else 0
+    meta = _meta(u, dt, A, rev_from, chunk, tile, n_chunks, save_states)
+    out = (_like(dt.shape), _like((batch, n_dirs, n_chunks, A.shape[1], dim)))
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    y, hs = _custom_call(_FORWARD_TARGET, out, meta, *map(f32, (u, dt, A, B, C)))
+    return (y, hs) if save_states else y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -103,8 +159,8 @@ def _scan_bwd(rev_from, chunk, tile, residuals, dy):
         _like((batch, n_dirs, n_tiles, length, A.shape[1])),
         _like((batch, n_dirs, n_tiles, length, A.shape[1])),
     )
-    host = functools.partial(_host_backward, rev_from=rev_from, chunk=chunk, tile=tile)
-    du, ddt, dA, dB, dC = jax.pure_callback(host, out, u, dt, A, B, C, hs, dy, vmap_method="sequential")
+    meta = _meta(u, dt, A, rev_from, chunk, tile, _n_chunks(length, chunk), save_states=True)
+    du, ddt, dA, dB, dC = _custom_call(_BACKWARD_TARGET, out, meta, u, dt, A, B, C, hs, dy.astype(jnp.float32))
     groups_u = u.shape[1]
     if groups_u != n_dirs:  # directions k and k + Gu read the same sequence
         du = du.reshape(batch, n_dirs // groups_u, groups_u, length, dim).sum(axis=1)
