@@ -29,7 +29,7 @@ from numba import njit
 
 from benchmarks.common import median_seconds, record
 from medmamba_jax.ops import cpu_scan
-from medmamba_jax.ops.cpu_kernels import exp_nonpositive
+from medmamba_jax.ops.cpu_kernels import backward_kernel, exp_nonpositive, forward_kernel
 
 STAGES = ((3136, 384), (784, 768), (196, 1536), (49, 3072))  # (L, K*D) of MedMamba-T at 224
 N_STATE, DIRECTIONS = 16, 4
@@ -91,10 +91,17 @@ def stage_inputs(batch: int, length: int, channels: int) -> dict[str, np.ndarray
 def bench_stage(stage: int, batch: int, repeats: int, speed: dict) -> dict:
     length, channels = STAGES[stage]
     x = stage_inputs(batch, length, channels)
-    settings = {"rev_from": 2, "chunk": cpu_scan.DEFAULT_CHUNK, "tile": cpu_scan.DEFAULT_TILE}
-    y, hs = cpu_scan._host_forward(**x, save_states=True, **settings)
-    forward = lambda: cpu_scan._host_forward(**x, save_states=False, **settings)  # noqa: E731
-    backward = lambda: cpu_scan._host_backward(**x, hs=hs, dy=y, **settings)  # noqa: E731
+    chunk, tile = cpu_scan.DEFAULT_CHUNK, cpu_scan.DEFAULT_TILE
+    dim, n_tiles = x["dt"].shape[-1], -(-x["dt"].shape[-1] // tile)
+    # Outputs allocated once, as XLA's buffer pool reuses its buffers from call to call.
+    y = np.empty_like(x["dt"])
+    hs = np.empty((batch, DIRECTIONS, -(-length // chunk), N_STATE, dim), np.float32)
+    grads = [np.empty_like(x["dt"]), np.empty_like(x["dt"]), np.empty((batch, DIRECTIONS, N_STATE, dim), np.float32),
+             *(np.empty((batch, DIRECTIONS, n_tiles, length, N_STATE), np.float32) for _ in range(2))]  # fmt: skip
+    scan_inputs = (x["u"], x["dt"], x["A"], x["B"], x["C"])
+    forward_kernel(*scan_inputs, 2, chunk, tile, y, hs, True)
+    forward = lambda: forward_kernel(*scan_inputs, 2, chunk, tile, y, hs, False)  # noqa: E731
+    backward = lambda: backward_kernel(*scan_inputs, hs, y, 2, chunk, tile, *grads)  # noqa: E731
     times = {"forward": [], "backward": []}
     for _ in range(repeats):  # alternate, so a burst of load on the shared machine hits both
         times["forward"].append(median_seconds(forward, 1))

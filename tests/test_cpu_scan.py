@@ -133,9 +133,13 @@ def test_whole_model_forward_and_grads_match_associative():
         model = tiny_model(impl)
         model.eval()  # BatchNorm reads its running statistics instead of updating them
         graph, params, rest = nnx.split(model, nnx.Param, ...)
-        loss = lambda p: jnp.sum(nnx.merge(graph, p, rest)(x) ** 2)  # noqa: E731
-        logits = nnx.merge(graph, params, rest)(x)
-        return logits, jax.jit(jax.grad(loss))(params)
+
+        def loss(p):
+            logits = nnx.merge(graph, p, rest)(x)
+            return jnp.sum(logits**2), logits
+
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return logits, grads
 
     logits, grads = logits_and_grads("cpu")
     want_logits, want_grads = logits_and_grads("associative")

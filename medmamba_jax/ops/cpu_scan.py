@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numba
 import numpy as np
-from numba import carray, cfunc, types
+from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
@@ -58,52 +59,118 @@ DEFAULT_TILE = 32  # channels per unit: four AVX2 vectors, a (16, 32) state of 2
 _META_FIELDS = ("batch", "n_dirs", "groups_u", "length", "dim", "n_state", "n_chunks", "n_tiles",
                 "rev_from", "chunk", "tile", "save_states")  # fmt: skip
 _META = len(_META_FIELDS)
-_BUFFERS = types.CPointer(types.voidptr)
 _F32 = np.float32
 
+# XLA's typed FFI (xla/ffi/api/c_api.h, API 0.x), read as 8-byte words on a 64-bit host:
+# XLA_FFI_CallFrame: [1] extension_start, [4] stage, [9] args' buffer pointers, [14] results'.
+# XLA_FFI_Buffer: [3] data. XLA_FFI_Metadata_Extension: [1] type, [3] the XLA_FFI_Metadata,
+# whose api_version's major and minor are its int32 words 6 and 7.
+_FRAME_EXTENSION, _FRAME_STAGE, _FRAME_ARGS, _FRAME_RETS, _BUFFER_DATA = 1, 4, 9, 14, 3
+_STAGE_EXECUTE, _EXTENSION_METADATA = 3, 1
+_FFI_API_VERSION = (0, 1)  # the oldest typed-FFI ABI with these structs: XLA accepts any later XLA
 
-@cfunc(types.void(_BUFFERS, _BUFFERS), cache=True)
-def _forward_call(outputs, inputs):
-    """inputs: meta, u, dt, A, B, C; outputs: y, hs (layouts in ``cpu_kernels``)."""
-    m = carray(inputs[0], (_META,), np.int32)
+
+@intrinsic
+def _int64_pointer(typingctx, address):
+    """The int64* at an integer address."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(types.int64)(types.int64), codegen
+
+
+@intrinsic
+def _float32_pointer(typingctx, address):
+    """The float32* at an integer address."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@njit(inline="always")
+def _word(address, index):
+    return carray(_int64_pointer(address), (index + 1,))[index]
+
+
+@njit(inline="always")
+def _answered_metadata(frame):
+    """True when XLA only asks the handler which FFI version it speaks (at registration)."""
+    extension = _word(frame, _FRAME_EXTENSION)
+    if extension == 0 or (_word(extension, 1) & 0xFFFFFFFF) != _EXTENSION_METADATA:
+        return False
+    version = carray(_int64_pointer(_word(extension, 3)), (5,)).view(np.int32)
+    version[6], version[7] = _FFI_API_VERSION
+    version[8] = 0  # no handler traits
+    return True
+
+
+@njit(inline="always")
+def _buffer(frame, table, index, shape):
+    """The float32 array of argument (table=_FRAME_ARGS) or result (_FRAME_RETS) ``index``."""
+    data = _word(_word(_word(frame, table), index), _BUFFER_DATA)
+    return carray(_float32_pointer(data), shape)
+
+
+@njit(inline="always")
+def _meta_of(frame):
+    data = _word(_word(_word(frame, _FRAME_ARGS), 0), _BUFFER_DATA)
+    return carray(_int64_pointer(data), (-(-_META // 2),)).view(np.int32)
+
+
+_HANDLER = types.int64(types.int64)  # XLA_FFI_Error* handler(XLA_FFI_CallFrame*); 0 = success
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_handler(frame):
+    """args: meta, u, dt, A, B, C; results: y, hs (layouts in ``cpu_kernels``)."""
+    if _answered_metadata(frame) or _word(frame, _FRAME_STAGE) & 0xFFFFFFFF != _STAGE_EXECUTE:
+        return 0
+    m = _meta_of(frame)
     batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
-    u = carray(inputs[1], (batch, groups_u, length, dim), _F32)
-    dt = carray(inputs[2], (batch, n_dirs, length, dim), _F32)
-    A = carray(inputs[3], (n_dirs, n_state, dim), _F32)
-    B = carray(inputs[4], (batch, n_dirs, length, n_state), _F32)
-    C = carray(inputs[5], (batch, n_dirs, length, n_state), _F32)
-    y = carray(outputs[0], (batch, n_dirs, length, dim), _F32)
-    hs = carray(outputs[1], (batch, n_dirs, n_chunks, n_state, dim), _F32)
+    u = _buffer(frame, _FRAME_ARGS, 1, (batch, groups_u, length, dim))
+    dt = _buffer(frame, _FRAME_ARGS, 2, (batch, n_dirs, length, dim))
+    A = _buffer(frame, _FRAME_ARGS, 3, (n_dirs, n_state, dim))
+    B = _buffer(frame, _FRAME_ARGS, 4, (batch, n_dirs, length, n_state))
+    C = _buffer(frame, _FRAME_ARGS, 5, (batch, n_dirs, length, n_state))
+    y = _buffer(frame, _FRAME_RETS, 0, (batch, n_dirs, length, dim))
+    hs = _buffer(frame, _FRAME_RETS, 1, (batch, n_dirs, n_chunks, n_state, dim))
     forward_kernel(u, dt, A, B, C, m[8], m[9], m[10], y, hs, m[11] != 0)
+    return 0
 
 
-@cfunc(types.void(_BUFFERS, _BUFFERS), cache=True)
-def _backward_call(outputs, inputs):
-    """inputs: meta, u, dt, A, B, C, hs, dy; outputs: du, ddt, dA, dB, dC."""
-    m = carray(inputs[0], (_META,), np.int32)
+@cfunc(_HANDLER, cache=True)
+def _backward_handler(frame):
+    """args: meta, u, dt, A, B, C, hs, dy; results: du, ddt, dA, dB, dC."""
+    if _answered_metadata(frame) or _word(frame, _FRAME_STAGE) & 0xFFFFFFFF != _STAGE_EXECUTE:
+        return 0
+    m = _meta_of(frame)
     batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
     n_tiles = m[7]
-    u = carray(inputs[1], (batch, groups_u, length, dim), _F32)
-    dt = carray(inputs[2], (batch, n_dirs, length, dim), _F32)
-    A = carray(inputs[3], (n_dirs, n_state, dim), _F32)
-    B = carray(inputs[4], (batch, n_dirs, length, n_state), _F32)
-    C = carray(inputs[5], (batch, n_dirs, length, n_state), _F32)
-    hs = carray(inputs[6], (batch, n_dirs, n_chunks, n_state, dim), _F32)
-    dy = carray(inputs[7], (batch, n_dirs, length, dim), _F32)
-    du = carray(outputs[0], (batch, n_dirs, length, dim), _F32)
-    ddt = carray(outputs[1], (batch, n_dirs, length, dim), _F32)
-    dA = carray(outputs[2], (batch, n_dirs, n_state, dim), _F32)
-    dB = carray(outputs[3], (batch, n_dirs, n_tiles, length, n_state), _F32)
-    dC = carray(outputs[4], (batch, n_dirs, n_tiles, length, n_state), _F32)
+    u = _buffer(frame, _FRAME_ARGS, 1, (batch, groups_u, length, dim))
+    dt = _buffer(frame, _FRAME_ARGS, 2, (batch, n_dirs, length, dim))
+    A = _buffer(frame, _FRAME_ARGS, 3, (n_dirs, n_state, dim))
+    B = _buffer(frame, _FRAME_ARGS, 4, (batch, n_dirs, length, n_state))
+    C = _buffer(frame, _FRAME_ARGS, 5, (batch, n_dirs, length, n_state))
+    hs = _buffer(frame, _FRAME_ARGS, 6, (batch, n_dirs, n_chunks, n_state, dim))
+    dy = _buffer(frame, _FRAME_ARGS, 7, (batch, n_dirs, length, dim))
+    du = _buffer(frame, _FRAME_RETS, 0, (batch, n_dirs, length, dim))
+    ddt = _buffer(frame, _FRAME_RETS, 1, (batch, n_dirs, length, dim))
+    dA = _buffer(frame, _FRAME_RETS, 2, (batch, n_dirs, n_state, dim))
+    dB = _buffer(frame, _FRAME_RETS, 3, (batch, n_dirs, n_tiles, length, n_state))
+    dC = _buffer(frame, _FRAME_RETS, 4, (batch, n_dirs, n_tiles, length, n_state))
     backward_kernel(u, dt, A, B, C, hs, dy, m[8], m[9], m[10], du, ddt, dA, dB, dC)
+    return 0
 
 
 if numba.threading_layer() == "workqueue":
     raise ImportError("numba's 'workqueue' threading layer is not safe for XLA's concurrent calls")
 
 _FORWARD_TARGET, _BACKWARD_TARGET = "medmamba_cpu_scan_forward", "medmamba_cpu_scan_backward"
-for _name, _entry in ((_FORWARD_TARGET, _forward_call), (_BACKWARD_TARGET, _backward_call)):
-    jax.ffi.register_ffi_target(_name, jax.ffi.pycapsule(_entry.address), platform="cpu", api_version=0)
+for _name, _handler in ((_FORWARD_TARGET, _forward_handler), (_BACKWARD_TARGET, _backward_handler)):
+    jax.ffi.register_ffi_target(_name, jax.ffi.pycapsule(_handler.address), platform="cpu")
 
 
 def _like(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
@@ -122,9 +189,7 @@ def _n_chunks(length: int, chunk: int) -> int:
 
 
 def _custom_call(target: str, results, *operands):
-    # custom_call_api_version=1: XLA's original CPU calling convention (outputs, inputs).
-    call = jax.ffi.ffi_call(target, results, vmap_method="sequential", custom_call_api_version=1)
-    return call(*operands)
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands)
 
 
 def _forward(u, dt, A, B, C, rev_from, chunk, tile, save_states):
