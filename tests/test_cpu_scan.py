@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,18 @@ def test_vmap_matches_a_loop():
         looped = jax.grad(lambda *a: scan(*a).sum(), argnums=(0, 2))(*(a[i] for a in stacked))
         for got, want in zip(mapped, looped):
             assert rel_err(got[i], want) <= 1e-6
+
+
+def test_concurrent_calls_from_two_threads_agree():
+    # XLA runs independent custom calls, and the devices of a data-parallel step, from
+    # several threads at once: numba's parallel launches must survive that.
+    args = cross_inputs(np.random.default_rng(0), 2, 8, 4, 40)
+    scan = jax.jit(jax.grad(lambda *a: cross_selective_scan_cpu(*a, chunk=8, tile=4).sum(), argnums=1))
+    want = np.asarray(scan(*args))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: [np.asarray(scan(*args)) for _ in range(10)], range(2)))
+    for got in (g for per_thread in results for g in per_thread):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_backward_saves_chunk_states_not_every_state():

@@ -67,7 +67,7 @@ _F32 = np.float32
 # whose api_version's major and minor are its int32 words 6 and 7.
 _FRAME_EXTENSION, _FRAME_STAGE, _FRAME_ARGS, _FRAME_RETS, _BUFFER_DATA = 1, 4, 9, 14, 3
 _STAGE_EXECUTE, _EXTENSION_METADATA = 3, 1
-_FFI_API_VERSION = (0, 1)  # the oldest typed-FFI ABI with these structs: XLA accepts any later XLA
+_FFI_API_VERSION = (0, 1)  # the typed-FFI ABI these offsets were written for; later 0.x keep them
 
 
 @intrinsic
@@ -123,45 +123,52 @@ def _meta_of(frame):
 _HANDLER = types.int64(types.int64)  # XLA_FFI_Error* handler(XLA_FFI_CallFrame*); 0 = success
 
 
-@cfunc(_HANDLER, cache=True)
-def _forward_handler(frame):
-    """args: meta, u, dt, A, B, C; results: y, hs (layouts in ``cpu_kernels``)."""
-    if _answered_metadata(frame) or _word(frame, _FRAME_STAGE) & 0xFFFFFFFF != _STAGE_EXECUTE:
-        return 0
+@njit(inline="always")
+def _scan_inputs(frame):
+    """meta and the (u, dt, A, B, C) arguments 1 to 5 both handlers take."""
     m = _meta_of(frame)
-    batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+    batch, n_dirs, groups_u, length, dim, n_state = m[0], m[1], m[2], m[3], m[4], m[5]
     u = _buffer(frame, _FRAME_ARGS, 1, (batch, groups_u, length, dim))
     dt = _buffer(frame, _FRAME_ARGS, 2, (batch, n_dirs, length, dim))
     A = _buffer(frame, _FRAME_ARGS, 3, (n_dirs, n_state, dim))
     B = _buffer(frame, _FRAME_ARGS, 4, (batch, n_dirs, length, n_state))
     C = _buffer(frame, _FRAME_ARGS, 5, (batch, n_dirs, length, n_state))
-    y = _buffer(frame, _FRAME_RETS, 0, (batch, n_dirs, length, dim))
-    hs = _buffer(frame, _FRAME_RETS, 1, (batch, n_dirs, n_chunks, n_state, dim))
-    forward_kernel(u, dt, A, B, C, m[8], m[9], m[10], y, hs, m[11] != 0)
+    return m, u, dt, A, B, C
+
+
+@njit(inline="always")
+def _is_execution(frame):
+    """False for XLA's metadata query (answered here) and the stages before execution."""
+    return not _answered_metadata(frame) and (_word(frame, _FRAME_STAGE) & 0xFFFFFFFF) == _STAGE_EXECUTE
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_handler(frame):
+    """args: meta, u, dt, A, B, C; results: y, hs (layouts in ``cpu_kernels``)."""
+    if _is_execution(frame):
+        m, u, dt, A, B, C = _scan_inputs(frame)
+        batch, n_dirs, length, dim = dt.shape
+        y = _buffer(frame, _FRAME_RETS, 0, dt.shape)
+        hs = _buffer(frame, _FRAME_RETS, 1, (batch, n_dirs, m[6], A.shape[1], dim))
+        forward_kernel(u, dt, A, B, C, m[8], m[9], m[10], y, hs, m[11] != 0)
     return 0
 
 
 @cfunc(_HANDLER, cache=True)
 def _backward_handler(frame):
     """args: meta, u, dt, A, B, C, hs, dy; results: du, ddt, dA, dB, dC."""
-    if _answered_metadata(frame) or _word(frame, _FRAME_STAGE) & 0xFFFFFFFF != _STAGE_EXECUTE:
-        return 0
-    m = _meta_of(frame)
-    batch, n_dirs, groups_u, length, dim, n_state, n_chunks = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
-    n_tiles = m[7]
-    u = _buffer(frame, _FRAME_ARGS, 1, (batch, groups_u, length, dim))
-    dt = _buffer(frame, _FRAME_ARGS, 2, (batch, n_dirs, length, dim))
-    A = _buffer(frame, _FRAME_ARGS, 3, (n_dirs, n_state, dim))
-    B = _buffer(frame, _FRAME_ARGS, 4, (batch, n_dirs, length, n_state))
-    C = _buffer(frame, _FRAME_ARGS, 5, (batch, n_dirs, length, n_state))
-    hs = _buffer(frame, _FRAME_ARGS, 6, (batch, n_dirs, n_chunks, n_state, dim))
-    dy = _buffer(frame, _FRAME_ARGS, 7, (batch, n_dirs, length, dim))
-    du = _buffer(frame, _FRAME_RETS, 0, (batch, n_dirs, length, dim))
-    ddt = _buffer(frame, _FRAME_RETS, 1, (batch, n_dirs, length, dim))
-    dA = _buffer(frame, _FRAME_RETS, 2, (batch, n_dirs, n_state, dim))
-    dB = _buffer(frame, _FRAME_RETS, 3, (batch, n_dirs, n_tiles, length, n_state))
-    dC = _buffer(frame, _FRAME_RETS, 4, (batch, n_dirs, n_tiles, length, n_state))
-    backward_kernel(u, dt, A, B, C, hs, dy, m[8], m[9], m[10], du, ddt, dA, dB, dC)
+    if _is_execution(frame):
+        m, u, dt, A, B, C = _scan_inputs(frame)
+        batch, n_dirs, length, dim = dt.shape
+        n_state, n_tiles = A.shape[1], m[7]
+        hs = _buffer(frame, _FRAME_ARGS, 6, (batch, n_dirs, m[6], n_state, dim))
+        dy = _buffer(frame, _FRAME_ARGS, 7, dt.shape)
+        du = _buffer(frame, _FRAME_RETS, 0, dt.shape)
+        ddt = _buffer(frame, _FRAME_RETS, 1, dt.shape)
+        dA = _buffer(frame, _FRAME_RETS, 2, (batch, n_dirs, n_state, dim))
+        dB = _buffer(frame, _FRAME_RETS, 3, (batch, n_dirs, n_tiles, length, n_state))
+        dC = _buffer(frame, _FRAME_RETS, 4, (batch, n_dirs, n_tiles, length, n_state))
+        backward_kernel(u, dt, A, B, C, hs, dy, m[8], m[9], m[10], du, ddt, dA, dB, dC)
     return 0
 
 
