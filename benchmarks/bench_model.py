@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import median_seconds  # noqa: E402
+from benchmarks.common import median_seconds, run_json_child  # noqa: E402
 
 
 def _timed(fn, *args, repeats: int):
@@ -122,11 +121,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", impl, "--model", args.model,
                "--image-size", str(args.image_size), "--batch", str(args.batch), "--repeats", str(args.repeats)]
         print(f"measuring {impl} ...", file=sys.stderr, flush=True)
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            results["runs"].append({"impl": impl, "error": done.stderr.strip().splitlines()[-1:]})
-            continue
-        results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        run = run_json_child(cmd)
+        results["runs"].append({"impl": impl, **run} if "error" in run else run)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from typing import Callable
 
@@ -29,3 +30,12 @@ def record(row: dict, rows: list, meta: dict, out: str | None) -> None:
     if out:
         with open(out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+def run_json_child(cmd: list[str], **kwargs) -> dict:
+    """Runs a benchmark child process; returns the JSON object on its last stdout line, or
+    {"error": its last stderr line} if it failed. kwargs go to subprocess.run."""
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["exit status %d" % done.returncode])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -89,10 +89,11 @@ class SS2D(nnx.Module):
         impl = resolve_impl(self.scan_impl)
         scan = functools.partial(cross_scan_and_merge, dt_rank=self.dt_rank, d_state=self.d_state, impl=impl,
                                  scan_config=self.scan_config, interpret=self.scan_interpret)
-        if impl != "pallas":
+        if impl not in ("pallas", "cpu"):
             # The XLA scans' backward would keep every projected, transposed and chunked copy
             # of the sequence alive (most of a train step's memory); recomputing them from x
-            # costs one more forward scan. The Pallas kernel already saves only its inputs.
+            # costs one more forward scan. The Pallas and CPU kernels already save only their
+            # inputs and chunk-start states.
             scan = jax.checkpoint(scan)
         return scan(x, *weights)
 

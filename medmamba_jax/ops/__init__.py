@@ -16,7 +16,7 @@ from medmamba_jax.ops.selective_scan import (
     selective_scan_reference,
 )
 
-SCAN_IMPLS = ("auto", "reference", "associative", "pallas")
+SCAN_IMPLS = ("auto", "reference", "associative", "pallas", "cpu")
 
 
 def _pallas_impl(scan_config: ScanConfig, interpret: bool | None) -> Callable:
@@ -29,12 +29,33 @@ def _pallas_impl(scan_config: ScanConfig, interpret: bool | None) -> Callable:
     return functools.partial(selective_scan_pallas, config=scan_config, interpret=interpret)
 
 
+def _cpu_module():
+    try:
+        from medmamba_jax.ops import cpu_scan
+    except (ImportError, ValueError) as err:  # numba is missing, or no thread-safe layer loads
+        raise NotImplementedError(f"impl='cpu' needs numba with a thread-safe threading layer ({err}); "
+                                  "use impl='associative'") from err
+    return cpu_scan
+
+
+def _cpu_available() -> bool:
+    try:
+        _cpu_module()
+    except NotImplementedError:
+        return False
+    return True
+
+
 def resolve_impl(impl: str) -> str:
-    """Maps 'auto' to 'pallas' on a GPU backend and 'associative' elsewhere."""
+    """Maps 'auto' to 'pallas' on a GPU backend, 'cpu' on a CPU backend (when numba is
+    installed) and 'associative' otherwise."""
     if impl not in SCAN_IMPLS:
         raise ValueError(f"unknown scan impl {impl!r}; choose one of {SCAN_IMPLS}")
     if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" else "associative"
+        backend = jax.default_backend()
+        if backend == "gpu":
+            return "pallas"
+        return "cpu" if backend == "cpu" and _cpu_available() else "associative"
     return impl
 
 
@@ -42,6 +63,8 @@ def _implementation(impl: str, scan_config: ScanConfig, interpret: bool | None) 
     impl = resolve_impl(impl)
     if impl == "pallas":
         return _pallas_impl(scan_config, interpret)
+    if impl == "cpu":
+        return _cpu_module().selective_scan_cpu
     return {"reference": selective_scan_reference, "associative": selective_scan_associative}[impl]
 
 
@@ -67,7 +90,7 @@ def selective_scan(
       B, C: (batch, K, N, L); group k serves channels k*D ... (k+1)*D - 1.
       D, delta_bias: (K*D,) or None.
       delta_softplus: apply softplus to delta + delta_bias.
-      impl: 'reference', 'associative', 'pallas' or 'auto'.
+      impl: 'reference', 'associative', 'pallas', 'cpu' or 'auto'.
       scan_config, interpret: the Pallas kernel's block sizes, and whether it runs in
         Pallas's interpreter (None: exactly when the backend is not a GPU); 'pallas' only.
 
@@ -113,6 +136,8 @@ def cross_selective_scan(
         from medmamba_jax.ops.pallas_scan import cross_selective_scan_pallas
 
         return cross_selective_scan_pallas(u2, delta, A, B, C, D, delta_bias, scan_config, interpret)
+    if impl == "cpu":
+        return _cpu_module().cross_selective_scan_cpu(u2, delta, A, B, C, D, delta_bias)
 
     def directed(arr):  # flips directions 2, 3 along L; axis 1 is the direction
         return jnp.concatenate([arr[:, :2], jnp.flip(arr[:, 2:], axis=-1)], axis=1)
