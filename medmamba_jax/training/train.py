@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -29,24 +29,7 @@ from medmamba_jax.training import (checkpointing, class_weights, ema, memory, mo
                                    sharding, steps)
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError, out_of_memory_as
-
-
-@dataclasses.dataclass
-class Progress:
-    """What a checkpoint's meta records besides the weights: where the run is and its best so far."""
-
-    step: int = 0  # micro-steps done
-    best_value: float | None = None
-    best_step: int = -1
-    best_epoch: int = -1
-    bad_epochs: int = 0  # epochs since the best one, for early stopping
-    loss_sum: float = 0.0  # running sum and count of this epoch's losses
-    loss_count: int = 0
-    window_sum: float = 0.0  # and of those since the last logged one, which a save may split
-    window_count: int = 0
-    # The train scalars of an epoch whose training is saved and whose validation is not yet:
-    # a run resumed there validates it without training it again.
-    awaiting_validation: dict | None = None
+from medmamba_jax.training.lifecycle import Lifecycle, Phase, Progress
 
 
 @dataclasses.dataclass
@@ -216,13 +199,13 @@ class Trainer:
         self.model_state = sharding.replicate(run.mesh, model_state)
         self.opt_state = sharding.replicate(run.mesh, opt_state)
         self.progress = Progress()
-        self.validated_here = False  # whether this process has validated an epoch yet
         self._resume()
         self._discard_beyond(self.progress.step)
         self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step,
-                                           revalidate=self.progress.awaiting_validation is not None,
+                                           revalidate=self.progress.phase is Phase.AWAITING_VALIDATION,
                                            best_metric=self.config.best_metric)
         self.train_step = run.train_step
+        self.lifecycle = Lifecycle()  # replaced by fit's
 
     def _templates(self, meta: dict):
         """What a latest checkpoint restores into, once its meta shows it is this run's model."""
@@ -245,11 +228,10 @@ class Trainer:
                                     "above); move that directory away to train again from the start")
             return
         self.model_state, self.opt_state, meta = restored
-        fields = {f.name for f in dataclasses.fields(Progress)}
-        self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
+        self.progress = Progress.from_meta(meta)
         if self.is_main:
             done = self.progress.step // self.run.steps_per_epoch
-            pending = " (the last one not yet validated)" if self.progress.awaiting_validation is not None else ""
+            pending = " (the last one not yet validated)" if self.progress.phase is Phase.AWAITING_VALIDATION else ""
             print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs "
                   f"trained{pending}")
 
@@ -286,9 +268,7 @@ class Trainer:
                     f"last good checkpoint: {checkpointing.last_good(self.managers['latest'])}"
                 )
             total += value
-        p = self.progress
-        p.loss_sum, p.loss_count = p.loss_sum + total, p.loss_count + len(pending)
-        p.window_sum, p.window_count = p.window_sum + total, p.window_count + len(pending)
+        self.progress.add_losses(total, len(pending))
         pending.clear()
 
     def _evaluated_state(self):
@@ -297,40 +277,51 @@ class Trainer:
             return self.model_state
         return ema.averaged_state(self.model_state, self.opt_state)
 
-    def _save_latest(self, epoch: int) -> None:
-        checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
-                           _meta(self.run, self.progress, epoch), self.opt_state)
+    def _save(self, kind: str, epoch: int, model_state=None) -> None:
+        """Saves the run's state at its step as a ``kind`` checkpoint: "latest" (training state)
+        or "best" (``model_state``, with no optimizer state)."""
+        meta, step = _meta(self.run, self.progress, epoch), self.progress.step
+        if kind == "latest":
+            checkpointing.save(self.managers[kind], step, self.model_state, meta, self.opt_state)
+        else:
+            checkpointing.save(self.managers[kind], step, model_state, meta)
+        self.lifecycle.saved(kind, step, meta)
 
-    def train_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
+    def _stop(self, epoch: int) -> NoReturn:
+        """Saves the run as it is (unless its step is saved) and raises ``Preempted``."""
+        self.lifecycle.stop(self.progress.step, lambda: self._save("latest", epoch))
+
+    def train_epoch(self, epoch: int) -> None:
         """Micro-steps from the current one to the end of ``epoch``; the epoch's train scalars
-        then await its validation. Raises ``Preempted``, once saved, if ``notice`` asks for a stop."""
+        then await its validation. Stops (``_stop``) if the lifecycle asks for it."""
+        self.lifecycle.enter(Phase.TRAINING, epoch)
         spe, config, micro = self.run.steps_per_epoch, self.config, self.run.stream.micro_batch
         start, end = self.progress.step, (epoch + 1) * spe
         bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
                                  bool(config.progress_bar) and self.is_main)
         began = time.perf_counter()
         try:  # the bar redraws itself until closed, which an error's last line must not precede
-            stop = self._steps(epoch, start, end, notice, bar)
+            stop = self._steps(epoch, start, end, bar)
         finally:
             bar.close()
-        if self.progress.step < end:  # stopped, and saved, within the epoch
-            raise preemption.Preempted(self.progress.step)
+        if self.progress.step < end:  # stopped within the epoch
+            self._stop(epoch)
         seconds = time.perf_counter() - began
-        p = self.progress
-        p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
-                                 "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
+        self.progress.trained({"lr": self.lr(), "seconds": seconds,
+                               "images_per_sec": (end - start) * micro / max(seconds, 1e-9)})
+        if stop:
+            self._stop(epoch)
         # A validation that cannot run (eval_batch_size too large for the device, say) fails the
         # first time a process validates: save before it, so that fixing it costs no training.
         # Later validations compile and run the same program, and each save costs seconds.
-        if not self.validated_here or stop:
-            self._save_latest(epoch)
-        if stop:
-            raise preemption.Preempted(self.progress.step)
+        if not self.lifecycle.validated_here:
+            self._save("latest", epoch)
 
-    def _steps(self, epoch: int, start: int, end: int, notice: preemption.StopNotice, bar: reporting.Progress) -> bool:
-        """Micro-steps ``start`` to ``end`` (excluded) of ``epoch``, or up to a stop that ``notice``
-        asks for (then saved, and True returned)."""
+    def _steps(self, epoch: int, start: int, end: int, bar: reporting.Progress) -> bool:
+        """Micro-steps ``start`` to ``end`` (excluded) of ``epoch``, or up to a step after which the
+        lifecycle asks for a stop (then True is returned)."""
         config, pending, stop, in_flight = self.config, [], False, None
+        every = int(config.checkpoint_every_steps)
         for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
                                                                                int(config.prefetch))):
             self.model_state, self.opt_state, loss = self.train_step(
@@ -346,12 +337,12 @@ class Trainer:
             self.progress.step = step + 1
             if self.progress.step % int(config.log_every_steps) == 0:
                 self._log_window(pending, epoch, bar)
-            stop, every = notice.reached(self.progress.step), int(config.checkpoint_every_steps)
-            if self.progress.step < end and (stop or (every and self.progress.step % every == 0)):
-                self._check_losses(pending)
-                self._save_latest(epoch)
+            stop = self.lifecycle.reached(self.progress.step)
             if stop:
                 break
+            if every and self.progress.step < end and self.progress.step % every == 0:
+                self._check_losses(pending)
+                self._save("latest", epoch)
         self._check_losses(pending)
         if in_flight is not None:
             bar.update()
@@ -361,29 +352,23 @@ class Trainer:
         """Reports the mean loss of the epoch's steps since its last report."""
         self._check_losses(pending)
         p = self.progress
-        window, p.window_sum, p.window_count = p.window_sum / p.window_count, 0.0, 0
+        window = p.take_window()
         rate, lr = bar.rate(self.run.stream.micro_batch, p.step - epoch * self.run.steps_per_epoch), self.lr()
         bar.show(window, lr, rate)
         self.reporter.write("train", p.step, epoch, {"loss": window, "lr": lr, "images_per_sec": rate})
 
-    def end_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
+    def end_epoch(self, epoch: int) -> None:
         """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line.
-        A notice during the validation saves the epoch as awaiting it, and raises ``Preempted``."""
+        A notice during the validation stops the run with the epoch saved as awaiting it."""
+        self.lifecycle.enter(Phase.AWAITING_VALIDATION, epoch)
         evaluated = self._evaluated_state()
         try:
-            val = evaluate(self.run, self.model_def, evaluated, "val", between_batches=notice.check)
+            val = self.validate(evaluated)
         except preemption.StopNow:
-            if self.progress.step not in self.managers["latest"].all_steps():  # saved before validating
-                self._save_latest(epoch)
-            raise preemption.Preempted(self.progress.step) from None
-        value, p = val[self.config.best_metric], self.progress
-        train, p.awaiting_validation, self.validated_here = p.awaiting_validation, None, True
-        improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
-        if improved:
-            p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
-        else:
-            p.bad_epochs += 1
-        p.loss_sum, p.loss_count, p.window_sum, p.window_count = 0.0, 0, 0.0, 0
+            self._stop(epoch)
+        p = self.progress
+        train, improved = p.validated(val[self.config.best_metric], epoch)
+        self.lifecycle.enter(Phase.VALIDATED, epoch)
         # Reported before saving: a Ctrl-C held during a save is delivered when it ends, and a
         # run resumed from the saved step would never write this epoch's records.
         self.reporter.write("val", p.step, epoch, summary(val))
@@ -392,25 +377,34 @@ class Trainer:
             print(reporting.epoch_line(epoch, int(self.config.num_epochs), p.step, train, val,
                                        self.config.best_metric, improved), flush=True)
         if improved:
-            checkpointing.save(self.managers["best"], p.step, evaluated, _meta(self.run, p, epoch))
-        self._save_latest(epoch)
+            self._save("best", epoch, evaluated)
+        self._save("latest", epoch)
+
+    def validate(self, model_state) -> dict[str, Any]:
+        """compute_metrics of ``model_state`` on the val split; raises ``StopNow`` between its
+        batches on a notice (see ``Lifecycle.between_batches``)."""
+        return evaluate(self.run, self.model_def, model_state, "val", between_batches=self.lifecycle.between_batches)
 
     def stopped_early(self) -> bool:
         patience = int(self.config.early_stopping_patience)
         return bool(patience) and self.progress.bad_epochs >= patience
 
-    def fit(self, notice: preemption.StopNotice) -> None:
+    def fit(self, lifecycle: Lifecycle) -> None:
+        """Trains and validates the epochs left, as ``lifecycle`` (an open one) allows: like flax's
+        ``train_and_evaluate`` loop, with each stop going through ``lifecycle.stop``."""
+        # Resumed from this step's checkpoint, or at step 0 with nothing to save.
+        self.lifecycle, lifecycle.saved_step = lifecycle, self.progress.step
         spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
-        if self.progress.awaiting_validation is not None:  # resumed after training an epoch
-            self.end_epoch(self.progress.step // spe - 1, notice)
-        while not notice.received and self.progress.step < spe * num_epochs and not self.stopped_early():
+        if self.progress.phase is Phase.AWAITING_VALIDATION:  # resumed after training an epoch
+            self.end_epoch(self.progress.step // spe - 1)
+        while not lifecycle.stop_asked and self.progress.step < spe * num_epochs and not self.stopped_early():
             epoch = self.progress.step // spe
             with out_of_memory_as("in a train step", "lower batch_size or image_size, or set grad_accum_steps "
                                   "higher (0 chooses the fewest micro-batches that fit)"):
-                self.train_epoch(epoch, notice)
-            self.end_epoch(epoch, notice)
-        if notice.received:  # as a validation ended, whose result end_epoch has saved
-            raise preemption.Preempted(self.progress.step)
+                self.train_epoch(epoch)
+            self.end_epoch(epoch)
+        if lifecycle.stop_asked:  # as a validation ended, whose result end_epoch has saved
+            self._stop(self.progress.step // spe - 1)
         if self.stopped_early() and self.is_main:
             print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
 
@@ -475,8 +469,9 @@ def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
                           "in its config.json, or train in another --workdir")
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-    """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics."""
+def train_and_evaluate(config, workdir: str, lifecycle: Lifecycle | None = None) -> dict[str, Any]:
+    """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics.
+    ``lifecycle`` (a fresh ``Lifecycle`` if None) sees the run's phases and saves, and stops it."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if config.distributed:
         explicit = int(config.num_processes) > 0
@@ -494,8 +489,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 if run.class_weights is not None:
                     print(class_weights.record(workdir, run.config.class_weights, run.class_weights,
                                                run.splits["train"][1], run.info), flush=True)
-            with preemption.StopNotice() as notice:
-                trainer.fit(notice)
+            with lifecycle or Lifecycle() as opened:
+                trainer.fit(opened)
             return trainer.test()
         finally:
             trainer.close()
