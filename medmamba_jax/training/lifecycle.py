@@ -150,6 +150,20 @@ class Lifecycle:
         raise preemption.Preempted(step)
 
 
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (SIGINT)
+
+
+def report_stop(stop: preemption.Preempted | KeyboardInterrupt, then: str = "") -> int:
+    """Prints the one line a command ends with when stopped, and returns the exit status a shell
+    shows for that stop: ``Preempted``'s message and 143, or for a Ctrl-C "interrupted" (with
+    ``then``, what to do next, after it) and 130."""
+    if isinstance(stop, preemption.Preempted):
+        print(stop, file=sys.stderr)
+        return preemption.EXIT_STATUS
+    print("\ninterrupted" + (f": {then}" if then else ""), file=sys.stderr)
+    return INTERRUPTED
+
+
 @contextlib.contextmanager
 def interrupts_deferred(doing: str) -> Iterator[None]:
     """Holds a Ctrl-C (SIGINT) until the block ends, then delivers it; a second Ctrl-C is
