@@ -29,6 +29,7 @@ from medmamba_jax.analysis import cli
 from medmamba_jax.evaluation import compute_metrics, summary
 from medmamba_jax.evaluation.metrics import SUMMARY_KEYS as METRICS
 from medmamba_jax.files import write_json
+from medmamba_jax.training.lifecycle import report_stop
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -186,10 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = KeptSweeps(out, loaded, images, labels)
     try:
         table = run_all(loaded, images, labels, args.batch_size, not args.no_medmnistc, kept)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished perturbations are kept in {kept.path}; run the same command to go on",
-              file=sys.stderr)
-        return cli.INTERRUPTED
+    except KeyboardInterrupt as stopped:
+        return report_stop(stopped, f"finished perturbations are kept in {kept.path}; run the same command to go on")
     table.update(split=args.split, dataset=loaded.config.dataset)
     write_json(os.path.join(out, "robustness.json"), table)
     kept.remove()

@@ -109,7 +109,8 @@ def _train(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint operation at INFO
     from medmamba_jax.analysis.cli import ToolError, writable_dir
     from medmamba_jax.training.errors import expected_errors
-    from medmamba_jax.training.preemption import EXIT_STATUS, Preempted
+    from medmamba_jax.training.lifecycle import report_stop
+    from medmamba_jax.training.preemption import Preempted
     from medmamba_jax.training.train import train_and_evaluate
 
     try:
@@ -118,12 +119,8 @@ def _train(argv: Sequence[str]) -> None:
     except (ToolError, *expected_errors()) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except Preempted as stopped:
-        print(stopped, file=sys.stderr)
-        sys.exit(EXIT_STATUS)
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command to resume from the latest checkpoint", file=sys.stderr)
-        sys.exit(130)  # the shell's status for SIGINT
+    except (Preempted, KeyboardInterrupt) as stopped:
+        sys.exit(report_stop(stopped, "run the same command to resume from the latest checkpoint"))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m medmamba_jax.train") -> int:

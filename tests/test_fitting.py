@@ -20,6 +20,7 @@ from medmamba_jax.evaluation.progress import BatchProgress
 from medmamba_jax.files import read_json_lines
 from medmamba_jax.training import memory, preemption, reporting, train
 from medmamba_jax.training.errors import TrainingError, out_of_memory_as
+from medmamba_jax.training.lifecycle import Lifecycle
 
 GB = memory.GB
 
@@ -128,8 +129,8 @@ def test_sigterm_during_slow_steps_stops_within_two_steps(tiny_config, tmp_path)
     run.train_step = slow = SlowSteps(run.train_step, 0.05, signal_at=3)
     trainer = train.Trainer(run, str(tmp_path))
     try:
-        with preemption.StopNotice() as notice, pytest.raises(preemption.Preempted) as stopped:
-            trainer.fit(notice)
+        with Lifecycle() as lifecycle, pytest.raises(preemption.Preempted) as stopped:
+            trainer.fit(lifecycle)
     finally:
         trainer.close()
     assert slow.signalled_after == 3

@@ -10,20 +10,9 @@ import threading
 import numpy as np
 import pytest
 
+from helpers import Hooked, StopAfter, assert_records_and_results_match, latest_steps, records, weights
 from medmamba_jax.training import preemption, train
-from test_train import _assert_records_and_results_match, _latest_steps, _records, _weights
-
-
-class StopAfter(preemption.StopNotice):
-    """A notice that arrives as micro-step ``step`` ends."""
-
-    def __init__(self, step: int):
-        super().__init__()
-        self.step = step
-
-    def reached(self, step: int) -> bool:
-        self._received = self._received or step == self.step
-        return self._received
+from medmamba_jax.training.lifecycle import Lifecycle, Phase
 
 
 @pytest.fixture
@@ -34,48 +23,43 @@ def config(tiny_config):
     return tiny_config
 
 
-def _stopped(config, workdir, notice, monkeypatch) -> int:
-    monkeypatch.setattr(preemption, "StopNotice", lambda: notice)
+def _stopped(config, workdir, notice) -> int:
     with pytest.raises(preemption.Preempted) as stopped:
-        train.train_and_evaluate(config, workdir)
-    monkeypatch.undo()
-    assert _latest_steps(workdir)[-1] == stopped.value.step, "the step it stopped after is not saved"
+        train.train_and_evaluate(config, workdir, Lifecycle(notice))
+    assert latest_steps(workdir)[-1] == stopped.value.step, "the step it stopped after is not saved"
     return stopped.value.step
 
 
-def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config, tmp_path, monkeypatch):
+def test_stops_inside_an_epoch_at_its_end_and_in_validation_lose_nothing(config, tmp_path):
     reference = str(tmp_path / "reference")
     train.train_and_evaluate(config, reference)
-    windows, epochs = ([r for r in _records(reference) if r["split"] == split] for split in ("train", "epoch"))
+    windows, epochs = ([r for r in records(reference) if r["split"] == split] for split in ("train", "epoch"))
     for epoch in epochs:  # each epoch's two windows are whole, though the saves at steps 4 and 8 split them
         halves = [w["loss"] for w in windows if w["epoch"] == epoch["epoch"]]
         assert len(halves) == 2 and sum(halves) / 2 == pytest.approx(epoch["loss"], rel=1e-6)
     workdir = str(tmp_path / "stopped")
-    assert _stopped(config, workdir, StopAfter(5), monkeypatch) == 5  # within the window of steps 4-6
-    assert _stopped(config, workdir, StopAfter(6), monkeypatch) == 6  # the epoch's last step, not validated
-    assert not [r for r in _records(workdir) if r["split"] == "val"]
+    assert _stopped(config, workdir, StopAfter(5)) == 5  # within the window of steps 4-6
+    assert _stopped(config, workdir, StopAfter(6)) == 6  # the epoch's last step, not validated
+    assert not [r for r in records(workdir) if r["split"] == "val"]
 
-    evaluate, train_epoch, signals, trained = train.evaluate, train.Trainer.train_epoch, iter([1, 0, 1]), []
+    signals, trained = iter([1, 0, 1]), []
 
-    def sigterm_in_some_validations(run, model_def, model_state, split, **kwargs):
-        if split == "val" and next(signals, 0):  # a real signal, to the handler StopNotice installs
+    def sigterm_in_some_validations(phase, epoch):
+        trained.extend([epoch] if phase is Phase.TRAINING else [])
+        if phase is Phase.AWAITING_VALIDATION and next(signals, 0):  # a real signal, to the notice's handler
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM would kill pytest"
             signal.raise_signal(signal.SIGTERM)  # the validation stops before its first batch
-        return evaluate(run, model_def, model_state, split, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", sigterm_in_some_validations)
-    monkeypatch.setattr(train.Trainer, "train_epoch",
-                        lambda self, epoch, notice: trained.append(epoch) or train_epoch(self, epoch, notice))
     for step, validated in ((6, []), (12, [6])):  # epoch 1's validation; epoch 2's, never saved before it
         with pytest.raises(preemption.Preempted, match=f"stopped by SIGTERM after step {step}, which is saved"):
-            train.train_and_evaluate(config, workdir)
-        assert [r["step"] for r in _records(workdir) if r["split"] == "val"] == validated
-        assert _latest_steps(workdir)[-1] == step
+            train.train_and_evaluate(config, workdir, Hooked(sigterm_in_some_validations))
+        assert [r["step"] for r in records(workdir) if r["split"] == "val"] == validated
+        assert latest_steps(workdir)[-1] == step
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler outlived the run"
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, Hooked(sigterm_in_some_validations))
     assert trained == [1]
-    _assert_records_and_results_match(workdir, reference)
-    for ours, theirs in zip(_weights(workdir), _weights(reference), strict=True):
+    assert_records_and_results_match(workdir, reference)
+    for ours, theirs in zip(weights(workdir), weights(reference), strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 

@@ -15,13 +15,12 @@ import socket
 import subprocess
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import ROOT, assert_png_not_blank, run_train, train_cmd
+from helpers import Hooked, assert_records_and_results_match, latest_steps, losses, records, weights
 from medmamba_jax.training.checkpointing import load_trained
 
 # The learning rate drops after the first epoch, so the logged rates can be checked.
@@ -41,39 +40,11 @@ def reference_run(tmp_path_factory, fake_medmnist_dir):
     return workdir, result
 
 
-def _records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in _records(workdir) if r["split"] == "train"}
-
-
 def _assert_losses_match_reference(workdir, reference_run, epochs=1):
     """The run's losses equal those of the reference run's first ``epochs`` epochs."""
-    ours, reference = _losses(workdir), _losses(reference_run[0])
+    ours, reference = losses(workdir), losses(reference_run[0])
     assert sorted(ours) == list(range(1, 6 * epochs + 1))
     np.testing.assert_allclose([ours[s] for s in sorted(ours)], [reference[s] for s in sorted(ours)], rtol=1e-4)
-
-
-def _assert_records_and_results_match(workdir, reference) -> None:
-    """Each (split, step) is logged once, as in the uninterrupted ``reference`` run, with its
-    values (the epoch's mean loss included; timings aside), and results.json is the same."""
-    logged = [(r["split"], r["step"]) for r in _records(workdir)]
-    assert sorted(logged) == sorted((r["split"], r["step"]) for r in _records(reference))
-    skipped = ("images_per_sec", "seconds", "split")
-    ours, theirs = ({(r["split"], r["step"]): {k: v for k, v in r.items() if k not in skipped} for r in _records(w)}
-                    for w in (workdir, reference))
-    for key, record in theirs.items():
-        assert ours[key] == pytest.approx(record, rel=1e-5, nan_ok=True), key
-    assert json.load(open(os.path.join(workdir, "results.json"))) == json.load(
-        open(os.path.join(reference, "results.json")))
-
-
-def _weights(workdir, which="latest"):
-    model, _ = load_trained(workdir, which)
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))]
 
 
 def test_smoke_run_of_train_py(reference_run):
@@ -84,27 +55,21 @@ def test_smoke_run_of_train_py(reference_run):
     for key in ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1"):
         assert 0.0 <= results[key] <= 1.0
     # The test split is scored with the epoch of the highest validation AUC, the first one on a tie.
-    best = max((r for r in _records(workdir) if r["split"] == "val"), key=lambda r: (r["auc"], -r["step"]))
+    best = max((r for r in records(workdir) if r["split"] == "val"), key=lambda r: (r["auc"], -r["step"]))
     assert (results["step"], results["epoch"]) == (best["step"], best["epoch"] + 1)
     assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == [str(best["step"])]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["dims"] == [8, 16] and config["num_epochs"] == 2
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["best", "latest"]
-    assert len(_losses(workdir)) == 12 and os.listdir(os.path.join(workdir, "tensorboard"))
+    assert len(losses(workdir)) == 12 and os.listdir(os.path.join(workdir, "tensorboard"))
     assert_png_not_blank(os.path.join(workdir, "curves.png"))
     assert "could not draw" not in result.stderr
     # Each record carries the rate its update used: 1e-3 in epoch 1, then 1e-4 after the milestone.
-    for record in _records(workdir):
+    for record in records(workdir):
         if record["split"] in ("train", "epoch"):
             assert record["lr"] == pytest.approx(1e-3 if record["step"] <= 6 else 1e-4), record
     model, loaded_config = load_trained(workdir)
     assert model.config.num_classes == 9 and loaded_config.dims == (8, 16)
-
-
-def _latest_steps(workdir) -> list[int]:
-    """The steps of the workdir's 'latest' checkpoints, as directories on disk (none yet: [])."""
-    latest = os.path.join(workdir, "checkpoints", "latest")
-    return sorted(int(d) for d in os.listdir(latest) if d.isdigit()) if os.path.isdir(latest) else []
 
 
 def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess.CompletedProcess:
@@ -119,7 +84,7 @@ def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess
         signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        steps = _latest_steps(workdir)
+        steps = latest_steps(workdir)
         if steps and steps[-1] >= step:
             break
         time.sleep(0.05)
@@ -128,24 +93,55 @@ def _stop_after_checkpoint(workdir, data_dir, step: int, sig: int) -> subprocess
     return subprocess.CompletedProcess(proc.args, proc.returncode, stderr=err)
 
 
-def test_interrupt_kill_and_resume_give_identical_results(reference_run, fake_medmnist_dir, tmp_path):
-    workdir = str(tmp_path / "killed")
-    interrupted = _stop_after_checkpoint(workdir, fake_medmnist_dir, 2, signal.SIGINT)  # Ctrl-C
-    assert interrupted.returncode == 130, "the run finished before it could be interrupted"
-    assert interrupted.stderr.strip().endswith("interrupted: run the same command to resume from the latest "
-                                               "checkpoint") and "Traceback" not in interrupted.stderr
-    newer = _latest_steps(workdir)[-1] + 1
+# One workdir goes through Ctrl-C, SIGTERM and SIGKILL in turn, each stop resumed by the next
+# run; each fixture below is one link of that chain, each test checks one.
+@pytest.fixture(scope="module")
+def interrupted(fake_medmnist_dir, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    """(workdir, process) of the reference run's command stopped by Ctrl-C once it saved step 2."""
+    workdir = str(tmp_path_factory.mktemp("killed"))
+    return workdir, _stop_after_checkpoint(workdir, fake_medmnist_dir, 2, signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def terminated(interrupted, fake_medmnist_dir) -> tuple[str, subprocess.CompletedProcess, int]:
+    """That workdir resumed and stopped by SIGTERM once it saved a step after Ctrl-C's: (workdir,
+    process, its newest latest checkpoint then)."""
+    workdir, _ = interrupted
+    newer = latest_steps(workdir)[-1] + 1
     assert newer < 12, "too late for a SIGTERM while the run still trains"
-    terminated = _stop_after_checkpoint(workdir, fake_medmnist_dir, newer, signal.SIGTERM)
-    _assert_stopped_by_sigterm(workdir, [terminated])
-    killed = _stop_after_checkpoint(workdir, fake_medmnist_dir, 8, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped = _stop_after_checkpoint(workdir, fake_medmnist_dir, newer, signal.SIGTERM)
+    return workdir, stopped, latest_steps(workdir)[-1]
+
+
+@pytest.fixture(scope="module")
+def killed(terminated, fake_medmnist_dir) -> tuple[str, subprocess.CompletedProcess]:
+    """That workdir resumed and killed (SIGKILL) once it saved step 8."""
+    workdir = terminated[0]
+    return workdir, _stop_after_checkpoint(workdir, fake_medmnist_dir, 8, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_with_status_130_and_one_line(interrupted):
+    _, stopped = interrupted
+    assert stopped.returncode == 130, "the run finished before it could be interrupted"
+    assert stopped.stderr.strip().endswith("interrupted: run the same command to resume from the latest "
+                                           "checkpoint") and "Traceback" not in stopped.stderr
+
+
+def test_sigterm_saves_the_step_it_stops_after_and_exits_143(terminated):
+    _, stopped, newest = terminated
+    _assert_stopped_by_sigterm(newest, [stopped])
+
+
+def test_a_run_stopped_by_each_signal_in_turn_resumes_to_the_uninterrupted_results(killed, reference_run,
+                                                                                    fake_medmnist_dir):
+    workdir, stopped = killed
+    assert stopped.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     resumed = run_ok(workdir, fake_medmnist_dir, *RUN_ARGS)
     assert "resuming from step" in resumed.stdout
     reference, _ = reference_run
-    _assert_records_and_results_match(workdir, reference)
-    for a, b in zip(_weights(workdir), _weights(reference), strict=True):
+    assert_records_and_results_match(workdir, reference)
+    for a, b in zip(weights(workdir), weights(reference), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -156,8 +152,8 @@ def test_eight_devices_give_the_losses_of_one(reference_run, fake_medmnist_dir, 
     _assert_losses_match_reference(workdir, reference_run)
 
 
-def _assert_stopped_by_sigterm(workdir, stopped: list[subprocess.CompletedProcess]) -> None:
-    """Every process stopped after the same step, which is the newest latest checkpoint."""
+def _assert_stopped_by_sigterm(newest: int, stopped: list[subprocess.CompletedProcess]) -> None:
+    """Every process stopped after the same step, which is ``newest``, the newest latest checkpoint."""
     said = [re.search(r"stopped by SIGTERM after step (\d+), which is saved: run the same command to resume$",
                       p.stderr.strip()) for p in stopped]
     for p, match in zip(stopped, said):
@@ -165,7 +161,7 @@ def _assert_stopped_by_sigterm(workdir, stopped: list[subprocess.CompletedProces
             print(f"--- stderr of {p.args[-1]}:\n{p.stderr}")
     assert all(said) and [p.returncode for p in stopped] == [143] * len(stopped), [p.stderr[-2000:] for p in stopped]
     assert len({m.group(1) for m in said}) == 1 and "Traceback" not in "".join(p.stderr for p in stopped)
-    assert _latest_steps(workdir)[-1] == int(said[0].group(1))
+    assert newest == int(said[0].group(1))
 
 
 def _two_processes(workdir, data_dir, *overrides) -> list[subprocess.Popen]:
@@ -198,18 +194,20 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
             break
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
-    _assert_stopped_by_sigterm(workdir, _finished(procs))
-    first_stop = _latest_steps(workdir)[-1]
+    stopped = _finished(procs)
+    _assert_stopped_by_sigterm(latest_steps(workdir)[-1], stopped)
+    first_stop = latest_steps(workdir)[-1]
     procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
     for line in procs[0].stdout:  # restored, and the first step not yet compiled
         if line.startswith("resuming from step"):
             break
     procs[1].send_signal(signal.SIGTERM)
-    _assert_stopped_by_sigterm(workdir, _finished(procs))
+    stopped = _finished(procs)
+    _assert_stopped_by_sigterm(latest_steps(workdir)[-1], stopped)
     # A notice is answered after the step in flight. Process 1 may already have dispatched its
     # first step (and told the service it passed it) when process 0 prints that it resumed:
     # JAX then names the step after that one.
-    assert first_stop + 1 <= _latest_steps(workdir)[-1] <= first_stop + 2
+    assert first_stop + 1 <= latest_steps(workdir)[-1] <= first_stop + 2
     resumed = _finished(_two_processes(workdir, fake_medmnist_dir, *RUN_ARGS))
     if [p.returncode for p in resumed] != [0, 0]:
         print(*(f"--- stderr of {p.args[-1]}:\n{p.stderr}" for p in resumed), sep="\n")
@@ -217,7 +215,7 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
     assert "test accuracy" in resumed[0].stdout and "epoch" not in resumed[1].stdout  # only process 0 reports
     _assert_losses_match_reference(workdir, reference_run, epochs=2)
     # The tools load it in one process, whose devices are not the ones the checkpoints name.
-    assert all(np.isfinite(w).all() for which in ("best", "latest") for w in _weights(workdir, which))
+    assert all(np.isfinite(w).all() for which in ("best", "latest") for w in weights(workdir, which))
 
 
 def _tree(workdir) -> dict[str, bytes]:
@@ -251,7 +249,7 @@ def reference_copy(reference_run, tiny_config, tmp_path):
 
 def test_corrupt_newest_checkpoint_falls_back(reference_copy, capsys):
     workdir, _ = reference_copy
-    newest = _latest_steps(workdir)[-1]
+    newest = latest_steps(workdir)[-1]
     _corrupt_weights(workdir, [newest])
     model, _ = load_trained(workdir, "latest")
     assert f"{newest} is unreadable" in capsys.readouterr().err
@@ -297,7 +295,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_restarting_it(reference_
 
     workdir, config = reference_copy
     results = _tree(workdir)["results.json"]
-    _corrupt_weights(workdir, _latest_steps(workdir))
+    _corrupt_weights(workdir, latest_steps(workdir))
     with pytest.raises(TrainingError, match=r"no checkpoint in .*latest can be read"):
         train_and_evaluate(config, workdir)
     assert capsys.readouterr().err.count("is unreadable") == 2
@@ -322,60 +320,47 @@ def test_a_fresh_start_replaces_an_attempt_that_saved_no_latest_checkpoint(refer
     results = train_and_evaluate(config, workdir)
     assert results["step"] == 6 and json.load(open(os.path.join(workdir, "results.json")))["step"] == 6
     assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == ["6"]
-    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    logged = [(r["split"], r["step"]) for r in records(workdir)]
     assert len(logged) == len(set(logged)) and max(step for _, step in logged) == 6
     assert [step for split, step in logged if split == "test"] == [6]
 
 
-def test_ctrl_c_in_the_end_of_epoch_save_keeps_that_epochs_records(tiny_config, tmp_path, monkeypatch):
-    from medmamba_jax.training import checkpointing
+def test_ctrl_c_in_the_end_of_epoch_save_keeps_that_epochs_records(tiny_config, tmp_path):
     from medmamba_jax.training.train import train_and_evaluate
 
-    save = checkpointing.save
-
-    def save_then_ctrl_c(manager, step, model_state, meta, *args):
-        save(manager, step, model_state, meta, *args)
-        if str(manager.directory).endswith("latest") and meta["awaiting_validation"] is None:
+    def ctrl_c_after_the_end_of_epoch_save(kind, step, meta):
+        if kind == "latest" and meta["awaiting_validation"] is None:
             raise KeyboardInterrupt  # where interrupts_deferred delivers a Ctrl-C held during the save
 
-    monkeypatch.setattr(checkpointing, "save", save_then_ctrl_c)
     workdir = str(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(tiny_config, workdir)
-    monkeypatch.setattr(checkpointing, "save", save)
+        train_and_evaluate(tiny_config, workdir, Hooked(on_saved=ctrl_c_after_the_end_of_epoch_save))
     train_and_evaluate(tiny_config, workdir)  # resumes at step 6 and only tests
-    logged = [(r["split"], r["step"]) for r in _records(workdir)]
+    logged = [(r["split"], r["step"]) for r in records(workdir)]
     assert [x for x in logged if x[0] != "train"] == [("val", 6), ("epoch", 6), ("test", 6)]
 
 
-def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_copy, tmp_path, monkeypatch):
+def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_copy, tmp_path):
     """The first validation fails (as an eval_batch_size too large for the device would); the
     resumed run validates epoch 1 without training it again, and ends as the uninterrupted
     reference did."""
     from medmamba_jax.training import train
+    from medmamba_jax.training.lifecycle import Phase
 
     _, config = reference_copy
-    evaluate, train_epoch = train.evaluate, train.Trainer.train_epoch
 
-    def out_of_memory(run, model_def, model_state, split, **kwargs):
-        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    def out_of_memory(phase, epoch):
+        if phase is Phase.AWAITING_VALIDATION:  # as its validation starts
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
 
-    monkeypatch.setattr(train, "evaluate", out_of_memory)
     workdir = str(tmp_path / "failed")
     with pytest.raises(RuntimeError, match="out of memory"):
-        train.train_and_evaluate(config, workdir)
-    assert _latest_steps(workdir)[-1] == 6
-    trained = []
-
-    def recorded_train_epoch(self, epoch, notice):
-        trained.append(epoch)
-        return train_epoch(self, epoch, notice)
-
-    monkeypatch.setattr(train, "evaluate", evaluate)
-    monkeypatch.setattr(train.Trainer, "train_epoch", recorded_train_epoch)
-    train.train_and_evaluate(config, workdir)
-    assert trained == [1]  # 0-based: only the second epoch
-    _assert_records_and_results_match(workdir, reference_copy[0])
+        train.train_and_evaluate(config, workdir, Hooked(out_of_memory))
+    assert latest_steps(workdir)[-1] == 6
+    recorded = Hooked()
+    train.train_and_evaluate(config, workdir, recorded)
+    assert recorded.trained_epochs() == [1]  # 0-based: only the second epoch
+    assert_records_and_results_match(workdir, reference_copy[0])
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
@@ -436,7 +421,7 @@ def _swap_item(workdir, kind: str, step: int, source: str, item: str = "model") 
 
 def test_a_checkpoint_whose_weights_differ_from_their_checksum_falls_back(reference_copy, capsys):
     workdir, _ = reference_copy
-    older, newest = _latest_steps(workdir)
+    older, newest = latest_steps(workdir)
     _swap_item(workdir, "latest", newest, os.path.join(workdir, "checkpoints", "latest", str(older)))
     model, _ = load_trained(workdir, "latest")
     err = capsys.readouterr().err
@@ -450,7 +435,7 @@ def test_a_hand_edited_step_is_refused_before_anything_is_touched(reference_copy
     from medmamba_jax.training.train import train_and_evaluate
 
     workdir, config = reference_copy
-    newest = _latest_steps(workdir)[-1]
+    newest = latest_steps(workdir)[-1]
     _edit_json(os.path.join(workdir, "checkpoints", "latest", str(newest), "meta", "metadata"), step=3)
     before = _tree(workdir)
     with pytest.raises(ConfigError, match=rf"latest/{newest} records step 3: it was edited or damaged; restore it"):
@@ -466,7 +451,7 @@ def test_a_finished_run_keeps_its_results_when_its_best_checkpoint_is_gone(refer
     results = _tree(workdir)["results.json"]
     best = os.path.join(workdir, "checkpoints", "best")
     (step,) = os.listdir(best)
-    _swap_item(workdir, "best", step, os.path.join(workdir, "checkpoints", "latest", str(_latest_steps(workdir)[0])))
+    _swap_item(workdir, "best", step, os.path.join(workdir, "checkpoints", "latest", str(latest_steps(workdir)[0])))
     train_and_evaluate(config, workdir)
     err = capsys.readouterr().err
     assert f"warning: the best checkpoint (step {step}) in {best} is missing or unreadable; keeping its test " in err

@@ -15,9 +15,10 @@ import pytest
 
 from conftest import run_train
 from medmamba_jax.models import MedMamba
-from medmamba_jax.training import checkpointing, model_init, optim, preemption, reporting, steps, train
+from medmamba_jax.training import checkpointing, model_init, optim, reporting, steps, train
 from medmamba_jax.training.config import default_config, model_config, validate
 from medmamba_jax.training.errors import ConfigError, TrainingError
+from medmamba_jax.training.lifecycle import Lifecycle
 
 
 def test_lr_drops_exactly_at_the_milestone_epochs():
@@ -40,22 +41,26 @@ def test_losses_are_the_mean_cross_entropies():
     assert float(steps.loss_fn(jnp.asarray(logits), jnp.array([0, 2]), False)) == pytest.approx(ce, rel=1e-6)
 
 
-def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, tmp_path, monkeypatch, capsys):
+def test_early_stopping_after_patience_epochs_without_a_better_val(tiny_config, tmp_path, capsys):
     from medmamba_jax.evaluation import compute_metrics
 
     tiny_config.num_epochs, tiny_config.early_stopping_patience = 8, 2
     metrics = compute_metrics(np.array([0, 1]), np.eye(9)[[0, 1]], "multi-class")
     aucs = iter([0.6, 0.7, 0.65, 0.7, 0.9, 0.9, 0.9, 0.9])  # epoch 2 is the best; 3 and 4 are no better
 
-    def fake_train_epoch(self, epoch, notice):
-        self.progress.step = (epoch + 1) * self.run.steps_per_epoch
-        self.progress.awaiting_validation = {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
+    class ScriptedTrainer(train.Trainer):
+        """Epochs that take no steps, validated with the AUCs above."""
 
-    monkeypatch.setattr(train.Trainer, "train_epoch", fake_train_epoch)
-    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {**metrics, "auc": next(aucs)})
-    trainer = train.Trainer(train.prepare(tiny_config), str(tmp_path))
+        def train_epoch(self, epoch):
+            self.progress.step = (epoch + 1) * self.run.steps_per_epoch
+            self.progress.awaiting_validation = {"loss": 1.0, "lr": 1e-3, "seconds": 1.0, "images_per_sec": 1.0}
+
+        def validate(self, model_state):
+            return {**metrics, "auc": next(aucs)}
+
+    trainer = ScriptedTrainer(train.prepare(tiny_config), str(tmp_path))
     try:
-        trainer.fit(preemption.StopNotice())
+        trainer.fit(Lifecycle())
     finally:
         trainer.close()
     spe = trainer.run.steps_per_epoch

@@ -26,6 +26,7 @@ from medmamba_jax.data.errors import DataError
 from medmamba_jax.data.transforms import MEAN, STD, EvalTransform
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training.errors import expected_errors
+from medmamba_jax.training.lifecycle import report_stop
 
 if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should not wait for
     from medmamba_jax.checkpoints import ModelCard
@@ -96,7 +97,6 @@ class Loaded:
 
 
 UPSTREAM_IMAGE_SIZE = 224  # the released weights' training resolution
-INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (SIGINT)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -108,9 +108,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         # Whole: a CheckpointError lists every bad key on the lines after its first.
         print(f"error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as stopped:
+        return report_stop(stopped)
 
 
 def parser_for(module: str, doc: str) -> argparse.ArgumentParser:

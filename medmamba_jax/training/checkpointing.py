@@ -42,10 +42,8 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -62,6 +60,7 @@ from medmamba_jax.files import write_json  # noqa: F401
 from medmamba_jax.models import MedMamba, MedMambaConfig
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError, TrainingError
+from medmamba_jax.training.lifecycle import interrupts_deferred
 
 KINDS = ("latest", "best")
 DATASET_FILE = "dataset.json"
@@ -218,36 +217,6 @@ def _drop_closed_loop_echoes() -> None:
 
     hook.drops_closed_loop_echoes = True
     sys.unraisablehook = hook
-
-
-@contextlib.contextmanager
-def interrupts_deferred(doing: str) -> Iterator[None]:
-    """Holds a Ctrl-C (SIGINT) until the block ends, then delivers it; a second Ctrl-C is
-    delivered at once. A save cut off midway leaves a temporary directory behind and Orbax's
-    worker threads printing tracebacks over the one-line "interrupted" message."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # Only the main thread can set signal handlers, and only it receives signals; a process
-        # started in the background by a script (``cmd &``) ignores Ctrl-C, and should go on doing so.
-        yield
-        return
-    caught: list[int] = []
-
-    def hold(signum, frame):
-        if caught:
-            signal.signal(signal.SIGINT, previous)
-            signal.raise_signal(signum)
-            return
-        caught.append(signum)
-        print(f"\ninterrupt: {doing} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGINT) is hold:
-            signal.signal(signal.SIGINT, previous)
-    if caught:
-        signal.raise_signal(signal.SIGINT)
 
 
 def has_checkpoint(workdir: str, kind: str | None = None) -> bool:

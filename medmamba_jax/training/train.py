@@ -4,13 +4,12 @@ Everything that can be wrong with the inputs (config, data, init_from) is checke
 the workdir is touched. A run finds its latest checkpoint in the workdir and resumes from
 it; since batches and augmentation keys are functions of (seed, step) and the model's
 RNG state is checkpointed, a resumed run ends with the same weights and results.json as
-an uninterrupted one. The workdir layout is described in ``checkpointing``.
+an uninterrupted one. ``prepare`` resolves the inputs into a ``Run``; ``trainer.Trainer`` runs
+its epochs. The workdir layout is described in ``checkpointing``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import sys
 import time
@@ -18,56 +17,17 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from medmamba_jax import data as data_lib
 from medmamba_jax import sharding
-from medmamba_jax.evaluation import compute_metrics, predict_scores, summary
-from medmamba_jax.evaluation.predict import split_batch_size
-from medmamba_jax.models import MedMamba, MedMambaConfig
-from medmamba_jax.training import (checkpointing, class_weights, ema, memory, model_init, optim, preemption, reporting,
+from medmamba_jax.models import MedMamba
+from medmamba_jax.training import (checkpointing, class_weights, ema, memory, model_init, optim, preemption,
                                    steps)
 from medmamba_jax.training import config as config_lib
-from medmamba_jax.training.errors import ConfigError, TrainingError, out_of_memory_as
-
-
-@dataclasses.dataclass
-class Progress:
-    """What a checkpoint's meta records besides the weights: where the run is and its best so far."""
-
-    step: int = 0  # micro-steps done
-    best_value: float | None = None
-    best_step: int = -1
-    best_epoch: int = -1
-    bad_epochs: int = 0  # epochs since the best one, for early stopping
-    loss_sum: float = 0.0  # running sum and count of this epoch's losses
-    loss_count: int = 0
-    window_sum: float = 0.0  # and of those since the last logged one, which a save may split
-    window_count: int = 0
-    # The train scalars of an epoch whose training is saved and whose validation is not yet:
-    # a run resumed there validates it without training it again.
-    awaiting_validation: dict | None = None
-
-
-@dataclasses.dataclass
-class Run:
-    """A run's resolved inputs; building it writes nothing."""
-
-    config: Any
-    info: dict
-    splits: dict  # split -> (images, labels)
-    stream: data_lib.TrainStream
-    mesh: jax.sharding.Mesh
-    model: nnx.Module
-    optimizer: nnx.Optimizer
-    schedule: Any
-    class_weights: np.ndarray | None = None  # (num_classes,), see training/class_weights.py
-    train_step: Any = None  # the compiled step (jax.stages.Compiled), see steps.compile_train_step
-
-    @property
-    def steps_per_epoch(self) -> int:  # micro-steps
-        return self.stream.steps_per_epoch
+from medmamba_jax.training.errors import ConfigError, TrainingError
+from medmamba_jax.training.lifecycle import Lifecycle
+from medmamba_jax.training.trainer import Run, Trainer
 
 
 def _check_channels(config, channels: int, what: str) -> None:
@@ -184,275 +144,6 @@ def _agreed(k: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int32(k)))
 
 
-def evaluate(run: Run, model_def, model_state, split: str, between_batches=None) -> dict[str, Any]:
-    """compute_metrics of the model on a whole split, with the eval-time transform;
-    ``between_batches`` as in ``predict_scores``."""
-    model = nnx.merge(model_def, model_state)
-    model.eval()
-    images, labels = run.splits[split]
-    shown = bool(run.config.progress_bar) and jax.process_index() == 0
-    with out_of_memory_as(f"evaluating the {split} split", "lower --config.eval_batch_size (a resume may change it)"):
-        scores = predict_scores(
-            model, images, split_batch_size(len(images), int(run.config.eval_batch_size)),
-            multi_label=run.info["multi_label"],
-            transform=data_lib.eval_transform(run.config), mesh=run.mesh, progress=split if shown else None,
-            between_batches=between_batches,
-        )
-    return compute_metrics(labels, scores, run.info["task"])
-
-
-def _meta(run: Run, progress: Progress, epoch: int) -> dict:
-    return {**dataclasses.asdict(progress), "epoch": epoch, "model_config": run.model.config.to_dict()}
-
-
-class Trainer:
-    """Runs the epochs of a prepared Run in a workdir, checkpointing and reporting as it goes."""
-
-    def __init__(self, run: Run, workdir: str):
-        self.run, self.config, self.workdir = run, run.config, workdir
-        self.is_main = jax.process_index() == 0
-        self.managers = checkpointing.managers(workdir)
-        self.model_def, model_state = nnx.split(run.model)
-        self.opt_def, opt_state = nnx.split(run.optimizer)
-        self.model_state = sharding.replicate(run.mesh, model_state)
-        self.opt_state = sharding.replicate(run.mesh, opt_state)
-        self.progress = Progress()
-        self.validated_here = False  # whether this process has validated an epoch yet
-        self._resume()
-        self._discard_beyond(self.progress.step)
-        self.reporter = reporting.Reporter(workdir, enabled=self.is_main, start_step=self.progress.step,
-                                           revalidate=self.progress.awaiting_validation is not None,
-                                           best_metric=self.config.best_metric)
-        self.train_step = run.train_step
-
-    def _templates(self, meta: dict):
-        """What a latest checkpoint restores into, once its meta shows it is this run's model."""
-        model = self.run.model.config
-        saved = dataclasses.replace(MedMambaConfig.from_dict(meta["model_config"]), scan_impl=model.scan_impl)
-        if saved != model:
-            differ = ", ".join(f"{f.name} {getattr(saved, f.name)} (config wants {getattr(model, f.name)})"
-                               for f in dataclasses.fields(model) if getattr(saved, f.name) != getattr(model, f.name))
-            raise ConfigError(f"{self.managers['latest'].directory} holds checkpoints of another model: {differ}; "
-                              "use another --workdir")
-        return self.model_state, self.opt_state
-
-    def _resume(self) -> None:
-        """Restores the latest checkpoint, if there is one."""
-        manager = self.managers["latest"]
-        restored = checkpointing.restore(manager, self._templates)
-        if restored is None:
-            if manager.all_steps():  # starting afresh would overwrite them
-                raise TrainingError(f"no checkpoint in {manager.directory} can be read (see the warnings "
-                                    "above); move that directory away to train again from the start")
-            return
-        self.model_state, self.opt_state, meta = restored
-        fields = {f.name for f in dataclasses.fields(Progress)}
-        self.progress = Progress(**{k: v for k, v in meta.items() if k in fields})
-        if self.is_main:
-            done = self.progress.step // self.run.steps_per_epoch
-            pending = " (the last one not yet validated)" if self.progress.awaiting_validation is not None else ""
-            print(f"resuming from step {self.progress.step}: {done} of {self.config.num_epochs} epochs "
-                  f"trained{pending}")
-
-    def _discard_beyond(self, step: int) -> None:
-        """Drops best checkpoints after ``step``: they belong to an attempt that this run redoes
-        (killed between saving best and latest, or one that never saved a latest), and Orbax would
-        not save an older step beside them. A fresh start also drops that attempt's results.json;
-        check_same_run has made sure the attempt had these settings."""
-        best = self.managers["best"]
-        for old in best.all_steps():
-            if old > step:
-                best.delete(old)
-        results = os.path.join(self.workdir, "results.json")
-        if step == 0 and self.is_main and os.path.exists(results):
-            os.remove(results)
-
-    def lr(self) -> float:
-        """The learning rate of the latest update (micro-step s belongs to update s // k)."""
-        last = max(self.progress.step - 1, 0)
-        return float(self.run.schedule(last // int(self.config.grad_accum_steps)))
-
-    def _batch(self, step: int) -> tuple[jax.Array, jax.Array]:
-        images, labels = self.run.stream(step)
-        return sharding.shard_batch(self.run.mesh, images), sharding.shard_batch(self.run.mesh, labels)
-
-    def _check_losses(self, pending: list) -> None:
-        """Adds the pending (step, loss) pairs to the sums; a NaN or inf stops the run naming its step."""
-        total = 0.0
-        for step, loss in pending:
-            value = float(loss)
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"loss is {value} at step {step} (epoch {step // self.run.steps_per_epoch + 1}); "
-                    f"last good checkpoint: {checkpointing.last_good(self.managers['latest'])}"
-                )
-            total += value
-        p = self.progress
-        p.loss_sum, p.loss_count = p.loss_sum + total, p.loss_count + len(pending)
-        p.window_sum, p.window_count = p.window_sum + total, p.window_count + len(pending)
-        pending.clear()
-
-    def _evaluated_state(self):
-        """The model state that validation, the best checkpoint and the test use: the EMA's with ``eval_ema``."""
-        if not self.config.eval_ema:
-            return self.model_state
-        return ema.averaged_state(self.model_state, self.opt_state)
-
-    def _save_latest(self, epoch: int) -> None:
-        checkpointing.save(self.managers["latest"], self.progress.step, self.model_state,
-                           _meta(self.run, self.progress, epoch), self.opt_state)
-
-    def train_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
-        """Micro-steps from the current one to the end of ``epoch``; the epoch's train scalars
-        then await its validation. Raises ``Preempted``, once saved, if ``notice`` asks for a stop."""
-        spe, config, micro = self.run.steps_per_epoch, self.config, self.run.stream.micro_batch
-        start, end = self.progress.step, (epoch + 1) * spe
-        bar = reporting.Progress(epoch, int(config.num_epochs), spe, start - epoch * spe,
-                                 bool(config.progress_bar) and self.is_main)
-        began = time.perf_counter()
-        try:  # the bar redraws itself until closed, which an error's last line must not precede
-            stop = self._steps(epoch, start, end, notice, bar)
-        finally:
-            bar.close()
-        if self.progress.step < end:  # stopped, and saved, within the epoch
-            raise preemption.Preempted(self.progress.step)
-        seconds = time.perf_counter() - began
-        p = self.progress
-        p.awaiting_validation = {"loss": p.loss_sum / max(p.loss_count, 1), "lr": self.lr(), "seconds": seconds,
-                                 "images_per_sec": (end - start) * micro / max(seconds, 1e-9)}
-        # A validation that cannot run (eval_batch_size too large for the device, say) fails the
-        # first time a process validates: save before it, so that fixing it costs no training.
-        # Later validations compile and run the same program, and each save costs seconds.
-        if not self.validated_here or stop:
-            self._save_latest(epoch)
-        if stop:
-            raise preemption.Preempted(self.progress.step)
-
-    def _steps(self, epoch: int, start: int, end: int, notice: preemption.StopNotice, bar: reporting.Progress) -> bool:
-        """Micro-steps ``start`` to ``end`` (excluded) of ``epoch``, or up to a stop that ``notice``
-        asks for (then saved, and True returned)."""
-        config, pending, stop, in_flight = self.config, [], False, None
-        for step, (images, labels) in zip(range(start, end), data_lib.prefetch(self._batch, range(start, end),
-                                                                               int(config.prefetch))):
-            self.model_state, self.opt_state, loss = self.train_step(
-                self.model_state, self.opt_state, images, labels, np.int32(step))
-            # JAX dispatches steps ahead of the device. Waiting here for the previous one keeps
-            # one queued behind the running step (the device never idles) and no more, so the
-            # bar counts finished steps and a SIGTERM is answered after the step in flight.
-            if in_flight is not None:
-                jax.block_until_ready(in_flight)
-                bar.update()
-            in_flight = loss
-            pending.append((step, loss))
-            self.progress.step = step + 1
-            if self.progress.step % int(config.log_every_steps) == 0:
-                self._log_window(pending, epoch, bar)
-            stop, every = notice.reached(self.progress.step), int(config.checkpoint_every_steps)
-            if self.progress.step < end and (stop or (every and self.progress.step % every == 0)):
-                self._check_losses(pending)
-                self._save_latest(epoch)
-            if stop:
-                break
-        self._check_losses(pending)
-        if in_flight is not None:
-            bar.update()
-        return stop
-
-    def _log_window(self, pending: list, epoch: int, bar: reporting.Progress) -> None:
-        """Reports the mean loss of the epoch's steps since its last report."""
-        self._check_losses(pending)
-        p = self.progress
-        window, p.window_sum, p.window_count = p.window_sum / p.window_count, 0.0, 0
-        rate, lr = bar.rate(self.run.stream.micro_batch, p.step - epoch * self.run.steps_per_epoch), self.lr()
-        bar.show(window, lr, rate)
-        self.reporter.write("train", p.step, epoch, {"loss": window, "lr": lr, "images_per_sec": rate})
-
-    def end_epoch(self, epoch: int, notice: preemption.StopNotice) -> None:
-        """Validates the epoch just trained, keeps the best checkpoint, saves the latest, reports one line.
-        A notice during the validation saves the epoch as awaiting it, and raises ``Preempted``."""
-        evaluated = self._evaluated_state()
-        try:
-            val = evaluate(self.run, self.model_def, evaluated, "val", between_batches=notice.check)
-        except preemption.StopNow:
-            if self.progress.step not in self.managers["latest"].all_steps():  # saved before validating
-                self._save_latest(epoch)
-            raise preemption.Preempted(self.progress.step) from None
-        value, p = val[self.config.best_metric], self.progress
-        train, p.awaiting_validation, self.validated_here = p.awaiting_validation, None, True
-        improved = not math.isnan(value) and (p.best_value is None or value > p.best_value)
-        if improved:
-            p.best_value, p.best_step, p.best_epoch, p.bad_epochs = value, p.step, epoch, 0
-        else:
-            p.bad_epochs += 1
-        p.loss_sum, p.loss_count, p.window_sum, p.window_count = 0.0, 0, 0.0, 0
-        # Reported before saving: a Ctrl-C held during a save is delivered when it ends, and a
-        # run resumed from the saved step would never write this epoch's records.
-        self.reporter.write("val", p.step, epoch, summary(val))
-        self.reporter.write("epoch", p.step, epoch, train)
-        if self.is_main:
-            print(reporting.epoch_line(epoch, int(self.config.num_epochs), p.step, train, val,
-                                       self.config.best_metric, improved), flush=True)
-        if improved:
-            checkpointing.save(self.managers["best"], p.step, evaluated, _meta(self.run, p, epoch))
-        self._save_latest(epoch)
-
-    def stopped_early(self) -> bool:
-        patience = int(self.config.early_stopping_patience)
-        return bool(patience) and self.progress.bad_epochs >= patience
-
-    def fit(self, notice: preemption.StopNotice) -> None:
-        spe, num_epochs = self.run.steps_per_epoch, int(self.config.num_epochs)
-        if self.progress.awaiting_validation is not None:  # resumed after training an epoch
-            self.end_epoch(self.progress.step // spe - 1, notice)
-        while not notice.received and self.progress.step < spe * num_epochs and not self.stopped_early():
-            epoch = self.progress.step // spe
-            with out_of_memory_as("in a train step", "lower batch_size or image_size, or set grad_accum_steps "
-                                  "higher (0 chooses the fewest micro-batches that fit)"):
-                self.train_epoch(epoch, notice)
-            self.end_epoch(epoch, notice)
-        if notice.received:  # as a validation ended, whose result end_epoch has saved
-            raise preemption.Preempted(self.progress.step)
-        if self.stopped_early() and self.is_main:
-            print(f"stopped early: no better val {self.config.best_metric} for {self.progress.bad_epochs} epochs")
-
-    def test(self) -> dict[str, Any]:
-        """Test metrics of the best checkpoint, written to results.json."""
-        restored = checkpointing.restore(self.managers["best"], lambda meta: (self.model_state, None))
-        if restored is None and self.progress.best_step >= 0:
-            return self._kept_results()
-        if restored is None:
-            print("warning: no best checkpoint (validation metric never finite); testing the latest state")
-            last_epoch = self.progress.step // self.run.steps_per_epoch - 1
-            model_state, meta = self._evaluated_state(), _meta(self.run, self.progress, last_epoch)
-        else:
-            model_state, _, meta = restored
-        metrics = evaluate(self.run, self.model_def, model_state, "test")
-        results = {**metrics, "split": "test", "step": meta["step"], "epoch": meta["epoch"] + 1}
-        self.reporter.write("test", meta["step"], meta["epoch"], summary(metrics))
-        if self.is_main:
-            checkpointing.write_json(os.path.join(self.workdir, "results.json"), results)
-            print("test " + " ".join(f"{k} {v:.4f}" for k, v in summary(metrics).items()), flush=True)
-        return results
-
-    def _kept_results(self) -> dict[str, Any]:
-        """The results.json of the best checkpoint, which is gone (deleted, or damaged: see the
-        warning above): testing another model in its place would pass that model off as the best."""
-        path, step = os.path.join(self.workdir, checkpointing.RESULTS_FILE), self.progress.best_step
-        gone = f"the best checkpoint (step {step}) in {self.managers['best'].directory} is missing or unreadable"
-        results = checkpointing.read_results(self.workdir)
-        if results is None or results.get("step") != step:
-            raise TrainingError(f"{gone}, and {path} holds no test results of it; restore that checkpoint, "
-                                "or train again in another --workdir")
-        if self.is_main:
-            print(f"warning: {gone}; keeping its test results in {path}", file=sys.stderr)
-        return results
-
-    def close(self) -> None:
-        self.reporter.close()
-        for manager in self.managers.values():
-            manager.close()
-
-
 def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
     """A workdir that holds checkpoints (latest or best) is only continued with the settings,
     dataset classes and split sizes that made them (``config_lib.RESUMABLE_KEYS`` may change);
@@ -476,8 +167,9 @@ def check_same_run(config, workdir: str, info: dict[str, Any]) -> None:
                           "in its config.json, or train in another --workdir")
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-    """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics."""
+def train_and_evaluate(config, workdir: str, lifecycle: Lifecycle | None = None) -> dict[str, Any]:
+    """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns test metrics.
+    ``lifecycle`` (a fresh ``Lifecycle`` if None) sees the run's phases and saves, and stops it."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if config.distributed:
         explicit = int(config.num_processes) > 0
@@ -495,8 +187,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 if run.class_weights is not None:
                     print(class_weights.record(workdir, run.config.class_weights, run.class_weights,
                                                run.splits["train"][1], run.info), flush=True)
-            with preemption.StopNotice() as notice:
-                trainer.fit(notice)
+            with lifecycle or Lifecycle() as opened:
+                trainer.fit(opened)
             return trainer.test()
         finally:
             trainer.close()
