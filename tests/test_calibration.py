@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from scipy import special
 
-from conftest import assert_png_not_blank
+from helpers import assert_png_not_blank
 
 from medmamba_jax import evaluate, predict
 from medmamba_jax.analysis import cli

@@ -12,8 +12,7 @@ import torch
 from medmamba_jax import convert, from_torch, to_torch_state_dict
 from medmamba_jax.checkpoints import load_model, save_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
-from conftest import ROOT
-from numerics import DATA, fresh_rng
+from helpers import DATA, ROOT, fresh_rng
 
 
 @pytest.fixture(scope="module")

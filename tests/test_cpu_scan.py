@@ -18,8 +18,7 @@ pytest.importorskip("numba", reason="impl='cpu' needs numba (requirements.txt)")
 from medmamba_jax.models import MedMamba, MedMambaConfig  # noqa: E402
 from medmamba_jax.ops import cross_selective_scan, resolve_impl, selective_scan  # noqa: E402
 from medmamba_jax.ops.cpu_scan import cross_selective_scan_cpu, selective_scan_cpu  # noqa: E402
-from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads  # noqa: E402
-from test_pallas_scan import random_inputs  # noqa: E402  (float32 arrays in MedMamba's ranges)
+from helpers import DATA, NAMES, as_float32, fresh_rng, random_inputs, rel_err, value_and_grads  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

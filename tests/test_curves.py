@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import assert_png_not_blank
+from helpers import assert_png_not_blank
 
 from medmamba_jax import curves as curves_cli
 from medmamba_jax.analysis import cli, curves

@@ -10,6 +10,7 @@ from PIL import Image
 from medmamba_jax import data
 from medmamba_jax.data import DataError, medmnist_source
 from medmamba_jax.data.autoaugment import autoaugment_batch
+from helpers import write_fake_medmnist
 
 
 def test_load_split_matches_npz_and_info(tiny_config, fake_medmnist_dir):
@@ -42,7 +43,6 @@ def test_missing_file_names_file_url_and_command(tiny_config, tmp_path):
 
 
 def test_label_outside_class_list(tmp_path):
-    from conftest import write_fake_medmnist
 
     path = write_fake_medmnist(str(tmp_path), "breastmnist")
     arrays = dict(np.load(path))
@@ -62,7 +62,6 @@ def test_label_outside_class_list(tmp_path):
     ("breastmnist", lambda a: a["test_images"], "is not a readable MedMNIST file"),  # a bare array, not an archive
 ])  # fmt: skip
 def test_npz_contents_unlike_the_official_files_are_one_data_error(tmp_path, flag, change, message):
-    from conftest import write_fake_medmnist
 
     path = write_fake_medmnist(str(tmp_path), flag, split_sizes={"train": 4, "val": 4, "test": 156})
     changed = change(dict(np.load(path)))
@@ -74,7 +73,6 @@ def test_npz_contents_unlike_the_official_files_are_one_data_error(tmp_path, fla
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not_a_zip"])
 def test_a_damaged_npz_is_one_data_error(tmp_path, damage):
-    from conftest import write_fake_medmnist
 
     path = write_fake_medmnist(str(tmp_path), "breastmnist")
     content = open(path, "rb").read()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_train, write_fake_medmnist
+from helpers import DATA, ROOT, run_train, write_fake_medmnist
 
 from medmamba_jax import data, evaluate, predict
 from medmamba_jax.analysis import cli
@@ -191,7 +191,6 @@ def test_odd_files_in_an_image_folder_are_refused_in_one_line_without_tensorflow
 
 def test_predict_refuses_a_huge_image_size_in_one_line(tmp_path, sample_images, capsys):
     from medmamba_jax import convert
-    from numerics import DATA
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
@@ -204,7 +203,6 @@ def test_predict_refuses_a_huge_image_size_in_one_line(tmp_path, sample_images, 
 def test_a_stray_block_key_is_reported_without_building_that_many_blocks():
     from medmamba_jax.checkpoints import CheckpointError
     from medmamba_jax.params import from_torch, infer_config, load_torch_state_dict
-    from numerics import DATA
 
     state_dict = load_torch_state_dict(DATA / "tiny.pth")
     stray = "layers.0.blocks.200.ln_1.weight"

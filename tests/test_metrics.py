@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from medmamba_jax.evaluation import compute_metrics, metrics_and_outcomes
-from numerics import fresh_rng
+from helpers import fresh_rng
 
 
 def _softmax(x):

@@ -19,7 +19,7 @@ from medmamba_jax.models import (
     medmamba_s,
     medmamba_t,
 )
-from numerics import DATA, SHARED_PARITY, fresh_rng, rel_err
+from helpers import DATA, SHARED_PARITY, fresh_rng, rel_err
 
 TOL = 1e-4
 

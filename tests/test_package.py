@@ -26,7 +26,7 @@ from medmamba_jax.analysis import cli
 from medmamba_jax.checkpoints import CONFIG_FILE, CheckpointError, ModelCard, load_model
 from medmamba_jax.data import medmnist_source
 from medmamba_jax.train import resolve_config
-from numerics import DATA
+from helpers import DATA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_LABELS = ["adipose", "background", "debris", "lymphocytes", "mucus"]  # tiny.pth has 5 outputs

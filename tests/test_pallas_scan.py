@@ -24,32 +24,12 @@ from medmamba_jax.ops import pallas_scan
 from medmamba_jax.ops.pallas_scan import ScanConfig, cross_selective_scan_pallas, selective_scan_pallas
 from medmamba_jax.ops.selective_scan import selective_scan_reference
 from medmamba_jax.ops.triton_lowering import lower_to_triton
-from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads
+from helpers import DATA, NAMES, as_float32, fresh_rng, random_inputs, rel_err, value_and_grads
 
 # Small unrolled segments keep interpret-mode compile times short; the defaults are tested too.
 SMALL = ScanConfig(tile=8, seg=2, ckpt_segs=2)
 # Lowered for CUDA on any host, so never interpreted.
 COMPILED_CROSS_SCAN = functools.partial(cross_selective_scan_pallas, interpret=False)
-
-
-def random_inputs(rng, batch, groups, dim, n, length, dtype=np.float32, extras=True):
-    """Fresh random (u, delta, A, B, C, D, delta_bias) in the ranges MedMamba produces."""
-    kd = groups * dim
-    arrays = [
-        rng.standard_normal((batch, kd, length)),
-        rng.standard_normal((batch, kd, length)) * 0.7,
-        -np.exp(rng.uniform(0.0, 2.8, (kd, n))),
-        rng.standard_normal((batch, groups, n, length)),
-        rng.standard_normal((batch, groups, n, length)),
-    ]
-    arrays = [jnp.asarray(a, dtype) for a in arrays[:2]] + [jnp.asarray(arrays[2], np.float32)] + [
-        jnp.asarray(a, dtype) for a in arrays[3:]
-    ]
-    if extras:
-        arrays += [jnp.asarray(rng.standard_normal(kd), np.float32), jnp.asarray(rng.uniform(-3, 0.5, kd), np.float32)]
-    else:
-        arrays += [None, None]
-    return arrays
 
 
 def cross_layout(u, delta, dim: int) -> tuple[jax.Array, jax.Array]:

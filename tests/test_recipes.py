@@ -16,7 +16,7 @@ from medmamba_jax.data.transforms import EvalTransform, eval_transform, nearest_
 from medmamba_jax.models import MedMamba, MedMambaConfig, SSConvSSM, channel_shuffle, count_params
 from medmamba_jax.training import config as config_lib
 from medmamba_jax.training.errors import ConfigError
-from numerics import DATA
+from helpers import DATA
 
 NO_AUGMENTATION = {"random_resized_crop": False, "random_flip": False, "autoaugment": False}
 MEDMNIST = {  # recipes.md: MedMNIST v2's settings, as the paper states them

@@ -7,7 +7,7 @@ import pytest
 
 from medmamba_jax.ops import cross_selective_scan, selective_scan
 from medmamba_jax.ops.selective_scan import selective_scan_associative
-from numerics import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads
+from helpers import DATA, NAMES, as_float32, fresh_rng, rel_err, value_and_grads
 
 XLA_IMPLS = ("reference", "associative")
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_png_not_blank
+from helpers import DATA, assert_png_not_blank
 
 from medmamba_jax import curves, evaluate, explain, flops, predict, robustness
 from medmamba_jax.analysis import cli
@@ -322,7 +322,6 @@ def test_flops_command(capsys):
 def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
     from medmamba_jax import convert
     from medmamba_jax.checkpoints import load_model
-    from numerics import DATA
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
@@ -343,7 +342,6 @@ def test_nonfinite_weights_are_refused_and_never_give_a_prediction(sample_images
 
     from medmamba_jax import from_torch
     from medmamba_jax.checkpoints import save_model
-    from numerics import DATA
 
     model = from_torch(DATA / "tiny.pth")
     model.head.bias.value = model.head.bias.value.at[0].set(jnp.nan)
@@ -361,7 +359,6 @@ def test_a_converted_checkpoint_decodes_files_as_upstream_does(sample_images, tm
     """Upstream evaluates Image.open(f).convert("RGB"): alpha is dropped, not composited, so
     rgba.png (rgb.png at alpha 128) must score as rgb.png does; a workdir model composites."""
     from medmamba_jax import convert
-    from numerics import DATA
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
@@ -375,7 +372,6 @@ def test_converted_checkpoints_that_cannot_classify_are_one_line(sample_images, 
     import torch
 
     from medmamba_jax import convert
-    from numerics import DATA
 
     headless = {k: v for k, v in torch.load(DATA / "tiny.pth", weights_only=True).items() if not k.startswith("head.")}
     torch.save(headless, tmp_path / "features.pth")

@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from conftest import assert_png_not_blank, write_dicom
+from helpers import assert_png_not_blank, write_dicom
 
 from medmamba_jax import evaluate
 from medmamba_jax.analysis import perturb

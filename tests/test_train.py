@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_png_not_blank, run_train, train_cmd
-from helpers import Hooked, assert_records_and_results_match, latest_steps, losses, records, weights
+from helpers import (ROOT, Hooked, assert_png_not_blank, assert_records_and_results_match, latest_steps, losses, records,
+                     run_train, train_cmd, weights)
 from medmamba_jax.training.checkpointing import load_trained
 
 # The learning rate drops after the first epoch, so the logged rates can be checked.

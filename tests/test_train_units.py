@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import run_train
+from helpers import run_train
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training import checkpointing, model_init, optim, reporting, steps, train
 from medmamba_jax.training.config import default_config, model_config, validate
