@@ -32,7 +32,7 @@ def main() -> None:
     import optax
     from flax import nnx
 
-    from medmamba_jax.checkpoints import digest, host_arrays, nonfinite_names
+    from medmamba_jax.model_files import digest, host_arrays, nonfinite_names
     from medmamba_jax.models import MedMamba, MedMambaConfig, count_params
     from medmamba_jax.training import checkpointing
 

@@ -4,7 +4,7 @@ r"""Convert an upstream PyTorch MedMamba checkpoint, or a trained workdir, to a 
     medmamba convert runs/pathmnist OUT_DIR [--which best]
 
 OUT_DIR receives ``model_config.json`` and an Orbax checkpoint, which
-``medmamba_jax.checkpoints.load_model`` (and the training and evaluation tools) read.
+``medmamba_jax.model_files.load_model`` (and the training and evaluation tools) read.
 For a .pth file the architecture is inferred from the tensor shapes, and model_config.json
 records upstream's preprocessing with the input size and class names given here. For a
 train.py workdir it records the workdir's: its input size, how its dataset's images were
@@ -23,7 +23,7 @@ from medmamba_jax.models import count_params
 
 
 def _convert(argv: Sequence[str] | None) -> int:
-    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.model_files import save_model
     from medmamba_jax.params import from_torch
 
     parser = cli.parser_for("medmamba_jax.convert", __doc__)

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from medmamba_jax import extras
-from medmamba_jax.checkpoints import CheckpointError, ModelCard, check_finite
+from medmamba_jax.model_files import CheckpointError, ModelCard, check_finite
 from medmamba_jax.models import MedMamba, MedMambaConfig
 
 

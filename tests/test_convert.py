@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medmamba_jax import convert, from_torch, to_torch_state_dict
-from medmamba_jax.checkpoints import load_model, save_model
+from medmamba_jax.model_files import load_model, save_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
 from helpers import DATA, ROOT, fresh_rng
 
@@ -158,7 +158,7 @@ def test_a_model_saved_on_eight_devices_loads_on_one(tmp_path):
         "import jax\n"
         "from flax import nnx\n"
         "from medmamba_jax import from_torch\n"
-        "from medmamba_jax.checkpoints import save_model\n"
+        "from medmamba_jax.model_files import save_model\n"
         "from medmamba_jax import sharding\n"
         f"model = from_torch({str(DATA / 'tiny.pth')!r})\n"
         "nnx.update(model, sharding.replicate(sharding.make_mesh(), nnx.state(model)))\n"
@@ -227,7 +227,7 @@ def test_half_precision_state_dicts_load_exactly(state_dict):
 
 
 def test_nonfinite_weights_are_refused_at_conversion_and_load_unless_allowed(state_dict, tmp_path, capsys):
-    from medmamba_jax.checkpoints import NonFiniteWeightsError
+    from medmamba_jax.model_files import NonFiniteWeightsError
 
     broken = dict(state_dict)
     broken["head.weight"] = state_dict["head.weight"].clone()

@@ -58,7 +58,7 @@ def sharp_model(request, loaded, tmp_path_factory):
     between images far beyond the 1e-4 compared (four training steps leave them near 1/K)."""
     import dataclasses
 
-    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.model_files import save_model
 
     name, task = request.param
     kernel = loaded.model.head.kernel

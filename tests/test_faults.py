@@ -201,7 +201,7 @@ def test_predict_refuses_a_huge_image_size_in_one_line(tmp_path, sample_images, 
 
 
 def test_a_stray_block_key_is_reported_without_building_that_many_blocks():
-    from medmamba_jax.checkpoints import CheckpointError
+    from medmamba_jax.model_files import CheckpointError
     from medmamba_jax.params import from_torch, infer_config, load_torch_state_dict
 
     state_dict = load_torch_state_dict(DATA / "tiny.pth")

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ops", ("medmamba_jax.ops",)),
     # The model, its bare-model files (checkpoints) and the PyTorch weight converters (params);
     # the package's __init__ re-exports the model.
-    ("models", ("medmamba_jax.models", "medmamba_jax.checkpoints", "medmamba_jax.params", "medmamba_jax")),
+    ("models", ("medmamba_jax.models", "medmamba_jax.model_files", "medmamba_jax.params", "medmamba_jax")),
     ("data", ("medmamba_jax.data",)),
     ("evaluation", ("medmamba_jax.evaluation",)),
     # Libraries that read results and draw figures: training draws its own curves with them.

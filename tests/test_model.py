@@ -215,7 +215,7 @@ def test_medmamba_t_full_size_parity():
 
 def test_a_model_directory_written_before_the_config_restructuring_loads_unchanged(tmp_path):
     """tests/data/model_dir_v0 was written by save_model before MedMamba took a MedMambaConfig."""
-    from medmamba_jax.checkpoints import load_model, save_model
+    from medmamba_jax.model_files import load_model, save_model
 
     saved = np.load(DATA / "model_dir_v0_logits.npz")
     model = load_model(DATA / "model_dir_v0")
@@ -234,7 +234,7 @@ def test_a_training_workdir_written_before_the_config_restructuring_loads_unchan
     restructuring (its tensorboard events and curves.png left out). The same weights into the same
     config give the same logits, checked on model_dir_v0 above; compiling a second model for its
     logits would cost seconds."""
-    from medmamba_jax.checkpoints import weights_digest
+    from medmamba_jax.model_files import weights_digest
     from medmamba_jax.training.checkpointing import load_trained
 
     model, config = load_trained(str(DATA / "workdir_v0"), "best")

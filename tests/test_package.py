@@ -23,7 +23,7 @@ from PIL import Image
 import medmamba_jax
 from medmamba_jax import commands, convert, explain, extras, predict
 from medmamba_jax.analysis import cli
-from medmamba_jax.checkpoints import CONFIG_FILE, CheckpointError, ModelCard, load_model
+from medmamba_jax.model_files import CONFIG_FILE, CheckpointError, ModelCard, load_model
 from medmamba_jax.data import medmnist_source
 from medmamba_jax.train import resolve_config
 from helpers import DATA

@@ -321,7 +321,7 @@ def test_flops_command(capsys):
 
 def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
     from medmamba_jax import convert
-    from medmamba_jax.checkpoints import load_model
+    from medmamba_jax.model_files import load_model
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
@@ -341,7 +341,7 @@ def test_nonfinite_weights_are_refused_and_never_give_a_prediction(sample_images
     import jax.numpy as jnp
 
     from medmamba_jax import from_torch
-    from medmamba_jax.checkpoints import save_model
+    from medmamba_jax.model_files import save_model
 
     model = from_torch(DATA / "tiny.pth")
     model.head.bias.value = model.head.bias.value.at[0].set(jnp.nan)

@@ -368,7 +368,7 @@ def test_a_failed_validation_resumes_without_training_the_epoch_again(reference_
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tiny_config, tmp_path):
-    from medmamba_jax.checkpoints import NonFiniteWeightsError, save_model
+    from medmamba_jax.model_files import NonFiniteWeightsError, save_model
     from medmamba_jax.models import MedMamba
     from medmamba_jax.training import config as config_lib
     from medmamba_jax.training import model_init

@@ -3,7 +3,7 @@
 A model comes from a training workdir (``--workdir W``: weights, config, dataset and
 class names) or from a model directory (``--checkpoint DIR`` written by ``medmamba convert``),
 which carries no dataset; its model_config.json records its input size and class names
-(``checkpoints.ModelCard``), or, for one converted without them, ``--image-size`` and
+(``model_files.ModelCard``), or, for one converted without them, ``--image-size`` and
 ``--labels`` give them.
 """
 
@@ -29,7 +29,7 @@ from medmamba_jax.training.errors import expected_errors
 from medmamba_jax.training.lifecycle import report_stop
 
 if TYPE_CHECKING:  # checkpoints loads Orbax, which a command's --help should not wait for
-    from medmamba_jax.checkpoints import ModelCard
+    from medmamba_jax.model_files import ModelCard
 
 
 # --checkpoint's largest --image-size: 4.6x the side (21x the pixels) of the released 224 models;
@@ -56,7 +56,7 @@ class Loaded:
 
     def card(self) -> ModelCard:
         """The model card that makes a model directory of this model feed and name it as here."""
-        from medmamba_jax.checkpoints import ModelCard
+        from medmamba_jax.model_files import ModelCard
 
         return ModelCard(self.image_size, self.stored_size, self.stored_channels, (MEAN,) * self.in_chans,
                          (STD,) * self.in_chans, "upstream" if self.upstream_decoding else "dataset",
@@ -190,7 +190,7 @@ def add_allow_nonfinite(parser: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def nonfinite_hint() -> Iterator[None]:
     """A NonFiniteWeightsError inside becomes a ToolError that names --allow-nonfinite."""
-    from medmamba_jax.checkpoints import NonFiniteWeightsError
+    from medmamba_jax.model_files import NonFiniteWeightsError
 
     try:
         yield
@@ -199,7 +199,7 @@ def nonfinite_hint() -> Iterator[None]:
 
 
 def add_card_args(parser: argparse.ArgumentParser, size_default: str, labels_default: str) -> None:
-    """``--image-size`` and ``--labels``: what a model directory records (checkpoints.ModelCard)."""
+    """``--image-size`` and ``--labels``: what a model directory records (model_files.ModelCard)."""
     parser.add_argument("--image-size", type=int_at_least(8), help=f"model input side {size_default}")
     parser.add_argument("--labels", help="class names, comma-separated or a text file with one name per line, "
                         + labels_default)
@@ -297,7 +297,7 @@ def from_checkpoint(directory: str, image_size: int | None, labels: str | None, 
     """A model directory; its inputs and classes as its card records them, or as ``image_size``
     and ``labels`` (which win) say; without either, RGB at 224 px as upstream reads files.
     Weights holding NaN or inf are refused unless ``allow_nonfinite``."""
-    from medmamba_jax.checkpoints import load_model
+    from medmamba_jax.model_files import load_model
 
     if image_size and image_size > MAX_IMAGE_SIZE:
         raise ToolError(f"--image-size {image_size} is above {MAX_IMAGE_SIZE}, the largest input these tools run "

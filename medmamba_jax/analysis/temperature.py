@@ -8,7 +8,7 @@ written by ``medmamba convert``::
     {"temperature": 1.73, "fitted_on": "val", "num_images": 7180, "tta": null,
      "nll_before": 0.41, "nll_after": 0.33, "weights_sha256": "..."}
 
-``weights_sha256`` is the checksum of those weights (``checkpoints.weights_digest``, what a
+``weights_sha256`` is the checksum of those weights (``model_files.weights_digest``, what a
 model directory's weights.sha256 holds): a temperature.json that does not match the weights
 beside it (copied from another checkpoint, say) is an error, never silently applied.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from flax import nnx
 
 from medmamba_jax.analysis.errors import ToolError
-from medmamba_jax.checkpoints import weights_digest
+from medmamba_jax.model_files import weights_digest
 from medmamba_jax.files import write_json
 
 TEMPERATURE_FILE = "temperature.json"

@@ -53,7 +53,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from flax import nnx
 
-from medmamba_jax.checkpoints import (check_finite, describe_nonfinite, digest, host_arrays, nonfinite_names,
+from medmamba_jax.model_files import (check_finite, describe_nonfinite, digest, host_arrays, nonfinite_names,
                                       restore_targets)
 # write_json is re-exported: training.train and tests call checkpointing.write_json.
 from medmamba_jax.files import write_json  # noqa: F401

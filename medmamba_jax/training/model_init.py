@@ -15,7 +15,7 @@ import sys
 import jax
 from flax import nnx, traverse_util
 
-from medmamba_jax.checkpoints import load_model, weights_state
+from medmamba_jax.model_files import load_model, weights_state
 from medmamba_jax.models import MedMamba
 from medmamba_jax.params import from_torch
 from medmamba_jax.training.checkpointing import load_trained

@@ -1,5 +1,8 @@
 """Saving and loading a bare MedMamba: ``model_config.json`` plus an Orbax checkpoint of its state.
 
+A bare model's directory, not a training run's workdir (whose checkpoints, with optimizer
+state and progress, are ``training/checkpointing``'s).
+
 This is the format ``python -m medmamba_jax.convert`` writes; the training and
 evaluation tools load it with :func:`load_model`. Only parameters and BatchNorm
 statistics are stored; dropout streams are re-seeded on load.
