@@ -31,7 +31,7 @@ def build(model_name: str, image_size: int):
     """A cli.Loaded of a random ``model_name`` at ``image_size`` (no resize inside)."""
     from flax import nnx
 
-    from medmamba_jax.analysis import cli
+    from medmamba_jax.cli import common as cli
     from medmamba_jax.models import MedMamba, MedMambaConfig
 
     model = MedMamba(MedMambaConfig.preset(model_name, num_classes=9), rngs=nnx.Rngs(0))
@@ -42,7 +42,7 @@ def build(model_name: str, image_size: int):
 
 def timed_export(name: str, loaded) -> tuple[bytes, float]:
     """(file contents, seconds to trace and convert) of ``loaded`` in format ``name``."""
-    from medmamba_jax import export
+    from medmamba_jax.cli import export
 
     start = time.perf_counter()
     convert = export.CONVERTERS[name][0]
@@ -77,7 +77,7 @@ def main() -> None:
     import numpy as np
     import onnxruntime
 
-    from medmamba_jax import export
+    from medmamba_jax.cli import export
 
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
             "onnxruntime": onnxruntime.__version__, "backend": jax.default_backend(), **vars(args)}

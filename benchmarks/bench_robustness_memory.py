@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import record  # noqa: E402
-from medmamba_jax import robustness  # noqa: E402
+from medmamba_jax.cli import robustness  # noqa: E402
 from medmamba_jax.analysis import perturb  # noqa: E402
 
 

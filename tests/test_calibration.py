@@ -12,8 +12,8 @@ from scipy import special
 
 from helpers import assert_png_not_blank
 
-from medmamba_jax import evaluate, predict
-from medmamba_jax.analysis import cli
+from medmamba_jax.cli import evaluate, predict
+from medmamba_jax.cli import common as cli
 from medmamba_jax.evaluation.calibration import (calibration_error, fit_temperature, negative_log_likelihood,
                                                  reliability)
 from medmamba_jax.evaluation.predict import PassLogits, batched_apply, predict_scores, probabilities

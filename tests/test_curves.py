@@ -11,9 +11,9 @@ import pytest
 
 from helpers import assert_png_not_blank
 
-from medmamba_jax import curves as curves_cli
+from medmamba_jax.cli import curves as curves_cli
 from medmamba_jax.analysis import cli, curves
-from medmamba_jax.analysis.cli import ToolError
+from medmamba_jax.cli.common import ToolError
 from medmamba_jax.training import reporting
 
 METRICS = ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1")

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from medmamba_jax import export, extras
-from medmamba_jax.analysis import cli
+from medmamba_jax.cli import export, extras
+from medmamba_jax.cli import common as cli
 
 # Runs the manifest's usage lines, as a user would paste them, on images.npy in the export's
 # directory; saves the probabilities and the messages of two bad calls.

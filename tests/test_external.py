@@ -12,8 +12,8 @@ from PIL import Image
 
 from helpers import assert_png_not_blank
 
-from medmamba_jax import evaluate, predict
-from medmamba_jax.analysis import cli
+from medmamba_jax.cli import evaluate, predict
+from medmamba_jax.cli import common as cli
 from medmamba_jax.evaluation import compute_metrics
 from medmamba_jax.evaluation.external import ClassMatchError, match_classes, parse_class_map
 

@@ -21,8 +21,9 @@ from PIL import Image
 
 from helpers import DATA, ROOT, run_train, write_fake_medmnist
 
-from medmamba_jax import data, evaluate, predict
-from medmamba_jax.analysis import cli
+from medmamba_jax import data
+from medmamba_jax.cli import evaluate, predict
+from medmamba_jax.cli import common as cli
 from medmamba_jax.training import checkpointing
 from medmamba_jax.training.errors import TrainingError
 
@@ -190,7 +191,7 @@ def test_odd_files_in_an_image_folder_are_refused_in_one_line_without_tensorflow
 
 
 def test_predict_refuses_a_huge_image_size_in_one_line(tmp_path, sample_images, capsys):
-    from medmamba_jax import convert
+    from medmamba_jax.cli import convert
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from medmamba_jax import flops
+from medmamba_jax.cli import flops
 from medmamba_jax.analysis import flop_count
-from medmamba_jax.analysis.cli import run
+from medmamba_jax.cli.common import run
 from medmamba_jax.models import BLOCKS, MedMamba, MedMambaConfig
 
 

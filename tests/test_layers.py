@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("medmamba_jax.files", "medmamba_jax.extras", "medmamba_jax.runtime", "medmamba_jax.sharding",
               "medmamba_jax.paper")),
     ("ops", ("medmamba_jax.ops",)),
-    # The model, its bare-model files (checkpoints) and the PyTorch weight converters (params);
+    # The model, its bare-model files (model_files) and the PyTorch weight converters (params);
     # the package's __init__ re-exports the model.
     ("models", ("medmamba_jax.models", "medmamba_jax.model_files", "medmamba_jax.params", "medmamba_jax")),
     ("data", ("medmamba_jax.data",)),
@@ -36,12 +36,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Libraries that read results and draw figures: training draws its own curves with them.
     ("analysis", ("medmamba_jax.analysis",)),
     ("training", ("medmamba_jax.training",)),
-    # The commands: each tool's main, their shared command-line plumbing (analysis/cli.py) and
-    # the recipes train.py reads (configs/).
-    ("cli", ("medmamba_jax.analysis.cli", "medmamba_jax.configs", "medmamba_jax.commands", "medmamba_jax.__main__",
-             "medmamba_jax.train", "medmamba_jax.evaluate", "medmamba_jax.predict", "medmamba_jax.explain",
-             "medmamba_jax.robustness", "medmamba_jax.flops", "medmamba_jax.curves", "medmamba_jax.convert",
-             "medmamba_jax.export", "medmamba_jax.reproduce")),
+    # The commands (cli/: each tool's main, the dispatcher and their shared plumbing), the
+    # modules that keep each tool's `python -m medmamba_jax.<tool>` address, and the recipes
+    # train.py reads (configs/).
+    ("cli", ("medmamba_jax.cli", "medmamba_jax.configs", "medmamba_jax.__main__", "medmamba_jax.train",
+             "medmamba_jax.evaluate", "medmamba_jax.predict", "medmamba_jax.explain", "medmamba_jax.robustness",
+             "medmamba_jax.flops", "medmamba_jax.curves", "medmamba_jax.convert", "medmamba_jax.export",
+             "medmamba_jax.reproduce")),
 )
 
 # (importer, imported module) -> why the import sits inside a function. An importer that is a
@@ -51,7 +52,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("medmamba_jax.ops", "medmamba_jax.ops.cpu_scan"): "numba is optional: the CPU kernels load only for impl='cpu'",
     ("medmamba_jax.ops.triton_lowering", "medmamba_jax.ops.pallas_scan"): "Pallas loads only when a kernel is lowered",
     ("medmamba_jax", "medmamba_jax.params"): "`import medmamba_jax` stays free of Orbax and the torch converters",
-    ("medmamba_jax.training.errors", "medmamba_jax.params"): "loads Orbax, which a command's --help (analysis/cli "
+    ("medmamba_jax.training.errors", "medmamba_jax.params"): "loads Orbax, which a command's --help (cli/common "
                                                              "imports errors) must not wait for",
     ("medmamba_jax.analysis.curves", "medmamba_jax.analysis.plots"): "matplotlib loads only when a figure is drawn",
     # What a command runs loads once its arguments parse, so its --help starts fast (the rule

@@ -21,11 +21,12 @@ import pytest
 from PIL import Image
 
 import medmamba_jax
-from medmamba_jax import commands, convert, explain, extras, predict
-from medmamba_jax.analysis import cli
+from medmamba_jax import extras
+from medmamba_jax.cli import commands, convert, explain, predict
+from medmamba_jax.cli import common as cli
 from medmamba_jax.model_files import CONFIG_FILE, CheckpointError, ModelCard, load_model
 from medmamba_jax.data import medmnist_source
-from medmamba_jax.train import resolve_config
+from medmamba_jax.cli.train import resolve_config
 from helpers import DATA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from medmamba_jax import paper, reproduce
-from medmamba_jax.analysis import cli
+from medmamba_jax import paper
+from medmamba_jax.cli import reproduce
+from medmamba_jax.cli import common as cli
 from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS, table6_datasets
 from medmamba_jax.training import config as config_lib
 

@@ -15,8 +15,8 @@ import pytest
 
 from helpers import DATA, assert_png_not_blank
 
-from medmamba_jax import curves, evaluate, explain, flops, predict, robustness
-from medmamba_jax.analysis import cli
+from medmamba_jax.cli import curves, evaluate, explain, flops, predict, robustness
+from medmamba_jax.cli import common as cli
 from medmamba_jax.evaluation import SUMMARY_KEYS
 
 PATHMNIST_CLASSES = 9
@@ -320,7 +320,7 @@ def test_flops_command(capsys):
 
 
 def test_predict_on_a_converted_upstream_checkpoint(sample_images, tmp_path, capsys):
-    from medmamba_jax import convert
+    from medmamba_jax.cli import convert
     from medmamba_jax.model_files import load_model
 
     converted = str(tmp_path / "converted")
@@ -358,7 +358,7 @@ def test_nonfinite_weights_are_refused_and_never_give_a_prediction(sample_images
 def test_a_converted_checkpoint_decodes_files_as_upstream_does(sample_images, tmp_path, capsys):
     """Upstream evaluates Image.open(f).convert("RGB"): alpha is dropped, not composited, so
     rgba.png (rgb.png at alpha 128) must score as rgb.png does; a workdir model composites."""
-    from medmamba_jax import convert
+    from medmamba_jax.cli import convert
 
     converted = str(tmp_path / "converted")
     assert convert.main([str(DATA / "tiny.pth"), converted]) == 0
@@ -371,7 +371,7 @@ def test_a_converted_checkpoint_decodes_files_as_upstream_does(sample_images, tm
 def test_converted_checkpoints_that_cannot_classify_are_one_line(sample_images, tmp_path, capsys):
     import torch
 
-    from medmamba_jax import convert
+    from medmamba_jax.cli import convert
 
     headless = {k: v for k, v in torch.load(DATA / "tiny.pth", weights_only=True).items() if not k.startswith("head.")}
     torch.save(headless, tmp_path / "features.pth")

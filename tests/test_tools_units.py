@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 
 from helpers import assert_png_not_blank, write_dicom
 
-from medmamba_jax import evaluate
+from medmamba_jax.cli import evaluate
 from medmamba_jax.analysis import perturb
 from medmamba_jax.data import image_files as images
 
@@ -138,7 +138,7 @@ def test_gradcam_maps_each_cell_onto_the_pixels_it_saw():
 
 
 def test_figure_stems_are_distinct():
-    from medmamba_jax.explain import figure_stems
+    from medmamba_jax.cli.explain import figure_stems
 
     paths = ["cat/0.png", "dog/0.png", "x/rgb.png", "x/rgb.jpg", "A.png", "a.png", "a_b/c.png", "a/b/c.png"]
     stems = figure_stems(paths)
@@ -165,7 +165,7 @@ def test_perturbations_grow_with_severity():
 
 
 def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch):
-    from medmamba_jax import robustness
+    from medmamba_jax.cli import robustness
 
     images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(40) % 3
@@ -194,7 +194,7 @@ def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch)
 def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images(tmp_path, monkeypatch, capsys):
     from flax import nnx
 
-    from medmamba_jax import robustness
+    from medmamba_jax.cli import robustness
 
     images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(12) % 3
@@ -244,7 +244,7 @@ def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images
 
 
 def test_a_ctrl_c_in_a_tool_is_one_line_and_status_130(capsys):
-    from medmamba_jax.analysis import cli
+    from medmamba_jax.cli import common as cli
 
     def interrupted(argv):
         raise KeyboardInterrupt

@@ -21,16 +21,16 @@ from medmamba_jax import __version__
 PROG = "medmamba"
 # subcommand: (module whose main(argv) runs it, one line of help)
 TOOLS = {
-    "train": ("medmamba_jax.train", "train a model: --config=RECIPE (e.g. medmnist) or a config file, --workdir=DIR"),
-    "evaluate": ("medmamba_jax.evaluate", "metrics, confusion matrix and ROC of a trained workdir on a split"),
-    "predict": ("medmamba_jax.predict", "classify image files (PNG, JPEG, DICOM)"),
-    "explain": ("medmamba_jax.explain", "Grad-CAM overlays for image files, or a t-SNE map of a split"),
-    "robustness": ("medmamba_jax.robustness", "accuracy under noise, blur and other corruptions"),
-    "flops": ("medmamba_jax.flops", "parameters and FLOPs of a model variant"),
-    "curves": ("medmamba_jax.curves", "training curves of one or more workdirs"),
-    "convert": ("medmamba_jax.convert", "an upstream PyTorch .pth checkpoint -> a model directory"),
-    "export": ("medmamba_jax.export", "a trained model -> one jax.export or ONNX file that runs without medmamba-jax"),
-    "reproduce": ("medmamba_jax.reproduce", "reproduce the paper's results"),
+    "train": ("medmamba_jax.cli.train", "train a model: --config=RECIPE (e.g. medmnist) or a config file, --workdir=DIR"),
+    "evaluate": ("medmamba_jax.cli.evaluate", "metrics, confusion matrix and ROC of a trained workdir on a split"),
+    "predict": ("medmamba_jax.cli.predict", "classify image files (PNG, JPEG, DICOM)"),
+    "explain": ("medmamba_jax.cli.explain", "Grad-CAM overlays for image files, or a t-SNE map of a split"),
+    "robustness": ("medmamba_jax.cli.robustness", "accuracy under noise, blur and other corruptions"),
+    "flops": ("medmamba_jax.cli.flops", "parameters and FLOPs of a model variant"),
+    "curves": ("medmamba_jax.cli.curves", "training curves of one or more workdirs"),
+    "convert": ("medmamba_jax.cli.convert", "an upstream PyTorch .pth checkpoint -> a model directory"),
+    "export": ("medmamba_jax.cli.export", "a trained model -> one jax.export or ONNX file that runs without medmamba-jax"),
+    "reproduce": ("medmamba_jax.cli.reproduce", "reproduce the paper's results"),
 }
 
 
@@ -70,6 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(tools[name][0])
     if name == "train":  # absl parses its flags and exits the process itself
         return module.main(rest, prog=f"{PROG} train")
-    from medmamba_jax.analysis import cli
+    from medmamba_jax.cli import common as cli
 
     return cli.run(module.main, rest)
