@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from medmamba_jax.cli import convert, from_torch, to_torch_state_dict
+from medmamba_jax import from_torch, to_torch_state_dict
+from medmamba_jax.cli import convert
 from medmamba_jax.model_files import load_model, save_model
 from medmamba_jax.params import CheckpointError, load_torch_state_dict
 from helpers import DATA, ROOT, fresh_rng

@@ -12,7 +12,8 @@ import pytest
 from helpers import assert_png_not_blank
 
 from medmamba_jax.cli import curves as curves_cli
-from medmamba_jax.analysis import cli, curves
+from medmamba_jax.analysis import curves
+from medmamba_jax.cli import common as cli
 from medmamba_jax.cli.common import ToolError
 from medmamba_jax.training import reporting
 

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from medmamba_jax.cli import export, extras
+from medmamba_jax import extras
+from medmamba_jax.cli import export
 from medmamba_jax.cli import common as cli
 
 # Runs the manifest's usage lines, as a user would paste them, on images.npy in the export's

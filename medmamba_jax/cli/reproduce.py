@@ -30,7 +30,8 @@ import shlex
 import sys
 from typing import Any, Sequence
 
-from medmamba_jax.analysis import cli, reproduce_tables
+from medmamba_jax.analysis import reproduce_tables
+from medmamba_jax.cli import common as cli
 from medmamba_jax.analysis.reproduce_tables import ABLATION_BLOCKS, table6_datasets
 from medmamba_jax.data import DataError, medmnist_source
 from medmamba_jax.files import write_json
