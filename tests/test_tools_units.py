@@ -301,5 +301,5 @@ def test_evaluate_plots_of_a_multilabel_task(tmp_path):
 ])
 def test_bad_counts_are_usage_errors(module, args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(f"medmamba_jax.{module}").parse_args(args)
+        importlib.import_module(f"medmamba_jax.cli.{module}").parse_args(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
