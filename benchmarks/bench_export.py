@@ -28,25 +28,25 @@ from benchmarks.common import record  # noqa: E402
 
 
 def build(model_name: str, image_size: int):
-    """A cli.Loaded of a random ``model_name`` at ``image_size`` (no resize inside)."""
+    """A Loaded of a random ``model_name`` at ``image_size`` (no resize inside)."""
     from flax import nnx
 
-    from medmamba_jax.cli import common as cli
+    from medmamba_jax.inference.loaded_model import Loaded
     from medmamba_jax.models import MedMamba, MedMambaConfig
 
     model = MedMamba(MedMambaConfig.preset(model_name, num_classes=9), rngs=nnx.Rngs(0))
     model.eval()
     labels = [f"class_{i}" for i in range(model.config.num_classes)]
-    return cli.Loaded(model, labels, "multi-class", image_size, 3, image_size)
+    return Loaded(model, labels, "multi-class", image_size, 3, image_size)
 
 
 def timed_export(name: str, loaded) -> tuple[bytes, float]:
     """(file contents, seconds to trace and convert) of ``loaded`` in format ``name``."""
-    from medmamba_jax.cli import export
+    from medmamba_jax.inference import standalone
 
     start = time.perf_counter()
-    convert = export.CONVERTERS[name][0]
-    data = convert(export.probability_function(loaded, export.FORMATS[name].scan_impl), export.input_shape(loaded))
+    convert = standalone.CONVERTERS[name][0]
+    data = convert(standalone.probability_function(loaded, standalone.FORMATS[name].scan_impl), standalone.input_shape(loaded))
     return data, time.perf_counter() - start
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     import numpy as np
     import onnxruntime
 
-    from medmamba_jax.cli import export
+    from medmamba_jax.inference import standalone
 
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
             "onnxruntime": onnxruntime.__version__, "backend": jax.default_backend(), **vars(args)}
@@ -92,9 +92,9 @@ def main() -> None:
     session = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch in args.batches:
-        images = rng.integers(0, 256, (batch, *export.input_shape(loaded)), dtype=np.uint8)
+        images = rng.integers(0, 256, (batch, *standalone.input_shape(loaded)), dtype=np.uint8)
         medians = alternating_medians({
-            "onnxruntime": lambda: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: images}),
+            "onnxruntime": lambda: session.run([standalone.OUTPUT_NAME], {standalone.INPUT_NAME: images}),
             "ours (jax, auto scan)": lambda: loaded.scores(images, batch),
         }, args.repeats)
         for runtime, seconds in medians.items():

@@ -15,6 +15,8 @@ import pytest
 from medmamba_jax import extras
 from medmamba_jax.cli import export
 from medmamba_jax.cli import common as cli
+from medmamba_jax.inference import standalone
+from medmamba_jax.inference.loaded_model import from_checkpoint, from_workdir
 
 # Runs the manifest's usage lines, as a user would paste them, on images.npy in the export's
 # directory; saves the probabilities and the messages of two bad calls.
@@ -48,7 +50,7 @@ REFUSALS = {
 
 @pytest.fixture(scope="module")
 def loaded(tools_workdir):
-    return cli.from_workdir(tools_workdir)
+    return from_workdir(tools_workdir)
 
 
 @pytest.fixture(scope="module", params=[("jax", "multi-class"), ("onnx", "multi-label, binary-class")],
@@ -77,11 +79,11 @@ def test_the_exported_file_runs_without_us_and_matches_predict(sharp_model, tmp_
     out = tmp_path / "exported"
     assert cli.run(export.main, ["--checkpoint", model_dir, "--format", name, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    file = out / export.FORMATS[name].file
+    file = out / standalone.FORMATS[name].file
     assert printed.startswith(f"wrote {file} (") and f") and {file}.json\n" in printed
     assert "input: images uint8 (batch, 28, 28, 3)" in printed
-    reference = cli.from_checkpoint(model_dir, None, None)
-    with open(export.manifest_path(str(file))) as f:
+    reference = from_checkpoint(model_dir, None, None)
+    with open(standalone.manifest_path(str(file))) as f:
         manifest = json.load(f)
     assert manifest["label_names"] == reference.label_names and manifest["input"]["shape"] == ["batch", 28, 28, 3]
     assert manifest["bytes"] == os.path.getsize(file)
@@ -91,7 +93,7 @@ def test_the_exported_file_runs_without_us_and_matches_predict(sharp_model, tmp_
     images[1] //= 4  # a dark one: far from the others
     np.save(out / "images.npy", images)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out), export.manifest_path(str(file))],
+    done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(out), standalone.manifest_path(str(file))],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -111,7 +113,7 @@ def test_the_linear_resize_as_matrices_is_the_eval_transform(loaded):
     images = rng.integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
     transform = loaded.transform
     assert transform.resize == "linear" and transform.image_size == 64  # the case that needs the matrices
-    exportable = export.exportable_transform(transform, 28, 28)
+    exportable = standalone.exportable_transform(transform, 28, 28)
     assert exportable is not transform
     np.testing.assert_allclose(np.asarray(exportable(images)), np.asarray(transform(images)), atol=1e-5, rtol=0)
 

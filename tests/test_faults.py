@@ -24,6 +24,7 @@ from helpers import DATA, ROOT, run_train, write_fake_medmnist
 from medmamba_jax import data
 from medmamba_jax.cli import evaluate, predict
 from medmamba_jax.cli import common as cli
+from medmamba_jax.inference.loaded_model import MAX_IMAGE_SIZE
 from medmamba_jax.training import checkpointing
 from medmamba_jax.training.errors import TrainingError
 
@@ -198,7 +199,7 @@ def test_predict_refuses_a_huge_image_size_in_one_line(tmp_path, sample_images, 
     capsys.readouterr()
     argv = ["--checkpoint", converted, "--image-size", "100000", sample_images["rgb.png"]]
     assert cli.run(predict.main, argv) == 1
-    assert f"--image-size 100000 is above {cli.MAX_IMAGE_SIZE}" in one_error_line(capsys.readouterr().err)
+    assert f"--image-size 100000 is above {MAX_IMAGE_SIZE}" in one_error_line(capsys.readouterr().err)
 
 
 def test_a_stray_block_key_is_reported_without_building_that_many_blocks():

@@ -1,4 +1,5 @@
-"""Imports flow one way: base -> ops -> models -> data -> evaluation -> analysis -> training -> cli.
+"""Imports flow one way: base -> ops -> models -> data -> evaluation -> analysis -> training -> inference
+-> cli.
 
 The package's modules are parsed (``ast``; nothing is imported) into a graph of their imports of
 medmamba_jax modules, at module level and inside functions. The test fails on an import from a
@@ -36,6 +37,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Libraries that read results and draw figures: training draws its own curves with them.
     ("analysis", ("medmamba_jax.analysis",)),
     ("training", ("medmamba_jax.training",)),
+    # A trained model put to use: loaded from a workdir or a model directory, exported, and scored
+    # under perturbations; what the commands run.
+    ("inference", ("medmamba_jax.inference",)),
     # The commands (cli/: each tool's main, the dispatcher and their shared plumbing), the
     # modules that keep each tool's `python -m medmamba_jax.<tool>` address, and the recipes
     # train.py reads (configs/).
@@ -54,6 +58,10 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("medmamba_jax", "medmamba_jax.params"): "`import medmamba_jax` stays free of Orbax and the torch converters",
     ("medmamba_jax.training.errors", "medmamba_jax.params"): "loads Orbax, which a command's --help (cli/common "
                                                              "imports errors) must not wait for",
+    ("medmamba_jax.inference.loaded_model", "medmamba_jax.model_files"): "loads Orbax, which a command's --help "
+                                                                         "(cli/common imports loaded_model) must "
+                                                                         "not wait for",
+    ("medmamba_jax.inference.loaded_model", "medmamba_jax.training.checkpointing"): "loads Orbax, as above",
     ("medmamba_jax.analysis.curves", "medmamba_jax.analysis.plots"): "matplotlib loads only when a figure is drawn",
     # What a command runs loads once its arguments parse, so its --help starts fast (the rule
     # below still refuses a function-level import of a module the command loads anyway).

@@ -128,7 +128,7 @@ def test_the_block_key_reaches_the_model():
 
 
 def test_analysis_commands_resize_as_the_workdir_trained():
-    from medmamba_jax.cli.common import Loaded
+    from medmamba_jax.inference.loaded_model import Loaded
 
     model = MedMamba.abstract(MedMambaConfig((1,), (8,), num_classes=2))
     config = importlib.import_module("medmamba_jax.configs.medmnist").get_config()

@@ -18,6 +18,8 @@ from helpers import DATA, assert_png_not_blank
 from medmamba_jax.cli import curves, evaluate, explain, flops, predict, robustness
 from medmamba_jax.cli import common as cli
 from medmamba_jax.evaluation import SUMMARY_KEYS
+from medmamba_jax.inference import robustness_sweep
+from medmamba_jax.inference.loaded_model import from_workdir
 
 PATHMNIST_CLASSES = 9
 
@@ -116,7 +118,7 @@ def test_gradcam_depends_on_target_class(tools_workdir, sample_images):
     from medmamba_jax.data.image_files import load_for_model
     from medmamba_jax.data.transforms import EvalTransform
 
-    loaded = cli.from_workdir(tools_workdir)
+    loaded = from_workdir(tools_workdir)
     image = load_for_model(sample_images["rgb.png"], loaded.stored_channels, loaded.stored_size)
     x = EvalTransform(loaded.image_size, loaded.in_chans)(image[None])
     # The split forward Grad-CAM differentiates is the model's own forward.
@@ -177,7 +179,7 @@ def test_explain_tsne(tools_workdir, tmp_path):
 def test_robustness(tools_workdir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "medmnistc", None)  # as if not installed
     out = str(tmp_path / "robust")
-    sweep, swept = robustness.sweep, []
+    sweep, swept = robustness_sweep.sweep, []
 
     def sweep_then_ctrl_c(*args):
         if swept:
@@ -185,17 +187,17 @@ def test_robustness(tools_workdir, tmp_path, capsys, monkeypatch):
         swept.append(sweep(*args))
         return swept[-1]
 
-    monkeypatch.setattr(robustness, "sweep", sweep_then_ctrl_c)
+    monkeypatch.setattr(robustness_sweep, "sweep", sweep_then_ctrl_c)
     assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 130
     assert "interrupted: finished perturbations are kept in" in capsys.readouterr().err
-    monkeypatch.setattr(robustness, "sweep", sweep)
+    monkeypatch.setattr(robustness_sweep, "sweep", sweep)
     assert run(robustness.main, ["--workdir", tools_workdir, "--out", out, "--limit", "12"]) == 0
     captured = capsys.readouterr()
     assert "resuming: 1 of 6 perturbations kept" in captured.err
     notices = [line for line in (captured.out + captured.err).splitlines() if "not installed" in line]
     assert len(notices) == 1, notices  # said once, in the closing summary
     table = json.load(open(os.path.join(out, "robustness.json")))
-    assert not os.path.exists(os.path.join(out, robustness.PARTIAL_FILE))  # finished: nothing left to resume
+    assert not os.path.exists(os.path.join(out, robustness_sweep.PARTIAL_FILE))  # finished: nothing left to resume
     assert set(table["perturbations"]) == {"rotation", "translation", "colour_temperature", "gaussian_noise",
                                            "blur", "contrast"}
     for entry in table["perturbations"].values():

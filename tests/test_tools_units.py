@@ -164,8 +164,8 @@ def test_perturbations_grow_with_severity():
     assert warm[..., 0].mean() > batch[..., 0].mean() and warm[..., 2].mean() < batch[..., 2].mean()
 
 
-def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch):
-    from medmamba_jax.cli import robustness
+def test_robustness_perturbs_a_split_in_chunks_with_the_same_result():
+    from medmamba_jax.inference.robustness_sweep import Scorer
 
     images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(40) % 3
@@ -177,24 +177,24 @@ def test_robustness_perturbs_a_split_in_chunks_with_the_same_result(monkeypatch)
         return means / means.sum(axis=1, keepdims=True)
 
     loaded = types.SimpleNamespace(scores=scores, task="multi-class")
-    score = robustness.Scorer(loaded, labels, batch_size=4)
+    score = Scorer(loaded, labels, batch_size=4)
     rotation, noise = (p for p in perturb.PERTURBATIONS if p.name in ("rotation", "gaussian_noise"))
     whole = score(images, 3, rotation)
-    monkeypatch.setattr(robustness, "CHUNK_BYTES", 10 * images[0].nbytes)  # chunks of 8 images (2 batches)
     seen.clear()
-    assert score(images, 3, rotation) == whole and seen == [8, 8, 8, 8, 8]
+    chunked = Scorer(loaded, labels, batch_size=4, chunk_bytes=10 * images[0].nbytes)  # chunks of 8 images (2 batches)
+    assert chunked(images, 3, rotation) == whole and seen == [8, 8, 8, 8, 8]
     # Noise is seeded per image by its index in the split: no chunk repeats another's, and
     # how the split is cut (which follows --batch-size) changes nothing.
     first, second = noise(images[:8], 5, first=0), noise(images[8:16], 5, first=8)
     assert not np.array_equal(first.astype(int) - images[:8], second.astype(int) - images[8:16])
     np.testing.assert_array_equal(noise(images[:16], 5, first=0), np.concatenate([first, second]))
-    assert score(images, 5, noise) == robustness.Scorer(loaded, labels, batch_size=12)(images, 5, noise)  # chunks of 12
+    assert score(images, 5, noise) == Scorer(loaded, labels, batch_size=12)(images, 5, noise)  # chunks of 12
 
 
 def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images(tmp_path, monkeypatch, capsys):
     from flax import nnx
 
-    from medmamba_jax.cli import robustness
+    from medmamba_jax.inference import robustness_sweep
 
     images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(12) % 3
@@ -208,10 +208,11 @@ def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images
 
     def table(out, model=loaded, data=images):
         os.makedirs(out, exist_ok=True)
-        return robustness.run_all(model, data, labels, 4, False, robustness.KeptSweeps(out, model, data, labels))
+        return robustness_sweep.run_all(model, data, labels, 4, False,
+                                        robustness_sweep.KeptSweeps(out, model, data, labels))
 
     uninterrupted = table(str(tmp_path / "whole"))
-    sweep, scored = robustness.sweep, []
+    sweep, scored = robustness_sweep.sweep, []
 
     def sweep_until_ctrl_c(name, *args):
         if len(scored) == 2 and interrupt:
@@ -219,7 +220,7 @@ def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images
         scored.append(name)
         return sweep(name, *args)
 
-    monkeypatch.setattr(robustness, "sweep", sweep_until_ctrl_c)
+    monkeypatch.setattr(robustness_sweep, "sweep", sweep_until_ctrl_c)
     out, interrupt = str(tmp_path / "cut"), True
     with pytest.raises(KeyboardInterrupt):
         table(out)
@@ -233,7 +234,7 @@ def test_robustness_keeps_finished_perturbations_for_the_same_weights_and_images
         scored.clear()
         table(shutil.copytree(out, str(tmp_path / f"other{i}")), **other)
         assert len(scored) == 6, other  # kept results of other weights or images are not reused
-    partial = os.path.join(out, robustness.PARTIAL_FILE)
+    partial = os.path.join(out, robustness_sweep.PARTIAL_FILE)
     with open(partial) as f:
         saved = json.load(f)
     saved["table"]["perturbations"]["rotation"]["params"][-1] += 1  # as kept by a version that rotated further

@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from medmamba_jax.cli import common as cli
+from medmamba_jax.inference.loaded_model import UPSTREAM_IMAGE_SIZE, from_workdir, parse_labels
 from medmamba_jax.models import count_params
 
 
@@ -44,13 +45,13 @@ def _convert(argv: Sequence[str] | None) -> int:
         if args.image_size or args.labels:
             raise cli.ToolError("--image-size and --labels are for .pth files; a workdir records its own")
         with cli.nonfinite_hint():
-            loaded = cli.from_workdir(args.source, args.which, allow_nonfinite=args.allow_nonfinite)
+            loaded = from_workdir(args.source, args.which, allow_nonfinite=args.allow_nonfinite)
         model, card = loaded.model, loaded.card()
     else:
-        labels = cli.parse_labels(args.labels) if args.labels else None
+        labels = parse_labels(args.labels) if args.labels else None
         try:
             with cli.nonfinite_hint():
-                model = from_torch(args.source, image_size=args.image_size or cli.UPSTREAM_IMAGE_SIZE,
+                model = from_torch(args.source, image_size=args.image_size or UPSTREAM_IMAGE_SIZE,
                                    label_names=labels, allow_nonfinite=args.allow_nonfinite)
         except ValueError as err:  # a bad file (CheckpointError) or labels that do not fit it
             raise cli.ToolError(str(err).strip()) from None

@@ -47,6 +47,7 @@ from medmamba_jax.evaluation.calibration import (ECE_BINS, TEMPERATURE_RANGE, ca
                                                  reliabilities)
 from medmamba_jax.evaluation.predict import probabilities
 from medmamba_jax.files import write_json
+from medmamba_jax.inference.loaded_model import Loaded, load_split, resolve_split
 
 PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
@@ -105,7 +106,7 @@ def format_table(metrics: dict[str, Any], names: list[str], support: np.ndarray,
     return "\n".join(lines)
 
 
-def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, truth: np.ndarray, counts: np.ndarray,
+def write_plots(out: str, loaded: Loaded, labels: np.ndarray, truth: np.ndarray, counts: np.ndarray,
                 scores: np.ndarray, metrics: dict[str, Any], source: str) -> list[str]:
     """The confusion, ROC and reliability figures, from ``labels`` (N,) or (N, K), probabilities
     ``scores`` (N, K), and metrics_and_outcomes' truth (N, K) and counts (K, 4); ``source``
@@ -132,7 +133,7 @@ def write_plots(out: str, loaded: cli.Loaded, labels: np.ndarray, truth: np.ndar
     return written
 
 
-def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
+def read_folder(loaded: Loaded, folder: str, class_map: str | None,
                 dropped: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(stored uint8 images (N, H, W, C), trained class indices (N,), what metrics.json records
     about the folder) of an external test folder, its classes matched by ``external``."""
@@ -166,12 +167,12 @@ def read_folder(loaded: cli.Loaded, folder: str, class_map: str | None,
     return np.stack(images), np.asarray(labels, np.int64), record
 
 
-def validation_split(loaded: cli.Loaded, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(loaded: Loaded, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """--calibrate's images and labels: the workdir's validation split (its first ``limit``);
     a one-line ToolError when the dataset gives none."""
     why = "--calibrate fits the temperature on the validation split"
     try:
-        images, labels = cli.load_split(loaded, "val", limit)
+        images, labels = load_split(loaded, "val", limit)
     except cli.ToolError as err:
         raise cli.ToolError(f"{why}, and this workdir's dataset gives none: {err}") from None
     if not len(images):
@@ -179,7 +180,7 @@ def validation_split(loaded: cli.Loaded, limit: int | None) -> tuple[np.ndarray,
     return images, labels
 
 
-def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.ndarray,
+def fit_and_save_temperature(loaded: Loaded, images: np.ndarray, labels: np.ndarray,
                              args: argparse.Namespace) -> dict[str, Any]:
     """Fits the temperature on the logits of validation ``images`` (N, H, W, C), saves it
     beside the checkpoint, and returns what it saved with its path as "file"."""
@@ -203,7 +204,7 @@ def fit_and_save_temperature(loaded: cli.Loaded, images: np.ndarray, labels: np.
     return {**record, "file": temperature.write(loaded.directory, loaded.model, record)}
 
 
-def calibrated_scores(loaded: cli.Loaded, logits: np.ndarray, labels: np.ndarray,
+def calibrated_scores(loaded: Loaded, logits: np.ndarray, labels: np.ndarray,
                       temperature: float) -> tuple[np.ndarray, dict[str, Any]]:
     """(probabilities (N, K) of pass logits (N, P, K) at ``temperature``, their ECE keys for
     metrics.json: "ece", "per_label_ece" for multi-label, and "ece_uncalibrated" when the
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medmamba_jax.analysis import temperature
     from medmamba_jax.evaluation.bootstrap import bootstrap_intervals
 
-    cli.resolve_split(args.split)  # fail on a bad split or output before loading anything
+    resolve_split(args.split)  # fail on a bad split or output before loading anything
     name = f"folder_{os.path.basename(os.path.normpath(args.folder))}" if args.folder else args.split
     out = cli.writable_dir(args.out or os.path.join(args.workdir, f"eval_{name}"))
     loaded = cli.load(args)
@@ -233,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, labels, about = read_folder(loaded, args.folder, args.class_map, args.drop_class)
         source, progress = f"{loaded.config.dataset} model on {about['folder']}", "folder"
     else:
-        images, labels = cli.load_split(loaded, args.split, args.limit)
+        images, labels = load_split(loaded, args.split, args.limit)
         about, source, progress = {"split": args.split}, f"{loaded.config.dataset} {args.split}", args.split
     if args.bootstrap and len(images) < 2:
         raise cli.ToolError(f"--bootstrap needs at least 2 images, and the {progress}"

@@ -24,6 +24,8 @@ from flax import nnx
 from PIL import Image
 
 from medmamba_jax.cli import common as cli
+from medmamba_jax.evaluation.predict import batched_apply
+from medmamba_jax.inference.loaded_model import Loaded, load_split, resolve_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,7 +86,7 @@ def figure_stems(paths: Sequence[str]) -> dict[str, str]:
     return distinct
 
 
-def explain_file(path: str, image: np.ndarray, loaded: cli.Loaded, target: int | None, out: str,
+def explain_file(path: str, image: np.ndarray, loaded: Loaded, target: int | None, out: str,
                  stem: str) -> dict:
     """Grad-CAM of one stored-form image (S, S, C) uint8; saves the figure and returns a summary record."""
     from medmamba_jax.analysis import plots
@@ -140,10 +142,8 @@ def _pooled(model: nnx.Module, x: jax.Array) -> jax.Array:
     return model.features(x)
 
 
-def pooled_features(loaded: cli.Loaded, images: np.ndarray, batch_size: int) -> np.ndarray:
+def pooled_features(loaded: Loaded, images: np.ndarray, batch_size: int) -> np.ndarray:
     """(N, dims[-1]) pooled last-stage features of uint8 images, in fixed-size batches (one compile)."""
-    from medmamba_jax.evaluation.predict import batched_apply
-
     return batched_apply(_pooled, loaded.model, images, min(batch_size, len(images)),
                          transform=loaded.transform, progress="features")
 
@@ -163,9 +163,9 @@ def run_tsne(args: argparse.Namespace) -> int:
 
     from medmamba_jax.analysis import plots
 
-    cli.resolve_split(args.split)
+    resolve_split(args.split)
     loaded = cli.load(args)
-    images, labels = cli.load_split(loaded, args.split, args.limit)
+    images, labels = load_split(loaded, args.split, args.limit)
     if len(images) < 5:
         raise cli.ToolError(f"t-SNE needs at least 5 images; the {args.split} split has {len(images)}")
     features = pooled_features(loaded, images, args.batch_size)

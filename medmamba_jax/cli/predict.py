@@ -27,6 +27,7 @@ import numpy as np
 
 from medmamba_jax.cli import common as cli
 from medmamba_jax.data.image_files import ImageReadError, load_for_model
+from medmamba_jax.inference.loaded_model import Loaded
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str, np.ndarray | str]]:
+def read_images(paths: Sequence[str], loaded: Loaded) -> Iterator[tuple[str, np.ndarray | str]]:
     """(path, stored-form uint8 image) per path, or (path, error message) when unreadable."""
     for path in paths:
         try:
@@ -48,7 +49,7 @@ def read_images(paths: Sequence[str], loaded: cli.Loaded) -> Iterator[tuple[str,
             yield path, str(err)
 
 
-def prediction_record(path: str, probs: np.ndarray, loaded: cli.Loaded, top_k: int) -> dict[str, Any]:
+def prediction_record(path: str, probs: np.ndarray, loaded: Loaded, top_k: int) -> dict[str, Any]:
     """The JSON line of one image from its probabilities (K,)."""
     order = np.argsort(-probs)[: max(1, top_k)]
     top = [{"class": loaded.label_names[i], "index": int(i), "probability": round(float(probs[i]), 6)} for i in order]
