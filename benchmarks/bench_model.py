@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import median_seconds, run_json_child  # noqa: E402
+from benchmarks.common import median_seconds, report, run_json_child  # noqa: E402
 
 
 def _timed(fn, *args, repeats: int):
@@ -123,10 +123,7 @@ def main() -> None:
         print(f"measuring {impl} ...", file=sys.stderr, flush=True)
         run = run_json_child(cmd)
         results["runs"].append({"impl": impl, **run} if "error" in run else run)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

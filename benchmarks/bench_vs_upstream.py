@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import median_seconds, run_json_child  # noqa: E402
+from benchmarks.common import report as write_report  # noqa: E402
 
 # The harness lives in the project's shared folder beside the checkout (../shared/upstream).
 DEFAULT_HARNESS = REPO.parent / "shared" / "upstream"
@@ -107,10 +108,7 @@ def main() -> None:
         c: {k: round(base[k] / v, 2) for k, v in report["median"][c].items() if k in base}
         for c in contenders[1:]
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,15 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def report(results: dict, out: str | None) -> None:
+    """Prints a whole benchmark's ``results`` as indented JSON, and writes them to ``out`` too if given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def record(row: dict, rows: list, meta: dict, out: str | None) -> None:
     """Appends a result row, prints it as a JSON line, and rewrites ``out`` (if given) with
     everything so far, so a crash or timeout keeps the rows already measured."""
