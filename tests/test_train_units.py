@@ -4,6 +4,7 @@ TensorBoard records."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import run_train
+from helpers import DATA, run_train, write_fake_medmnist
 from medmamba_jax.models import MedMamba
 from medmamba_jax.training import checkpointing, model_init, optim, reporting, steps, train
 from medmamba_jax.training.config import default_config, model_config, validate
@@ -341,3 +342,20 @@ def test_a_workdir_in_use_is_refused_and_a_killed_holders_lock_is_not(tiny_confi
             with checkpointing.workdir_lock(str(workdir)):
                 pass
     assert not (workdir / "train.lock").exists()
+
+
+def test_a_workdir_written_before_the_restructuring_resumes_and_trains_on(tmp_path, capsys):
+    """tests/data/workdir_v0 holds one finished epoch (step 2) of configs/smoke.py on fake pathmnist
+    (16/8/8 images), written by train.py before issue 22's restructuring. Today's recipe, given
+    a second epoch, resumes it at step 2 and checkpoints step 4."""
+    from configs import smoke
+
+    workdir = shutil.copytree(DATA / "workdir_v0", tmp_path / "run")
+    config = smoke.get_config()
+    config.data_dir = write_fake_medmnist(str(tmp_path / "data"), "pathmnist",
+                                          split_sizes={"train": 16, "val": 8, "test": 8}).rpartition(os.sep)[0]
+    config.num_epochs = 2
+    metrics = train.train_and_evaluate(config, str(workdir))
+    assert "resuming from step 2: 1 of 2 epochs trained" in capsys.readouterr().out
+    assert max(int(step) for step in os.listdir(workdir / "checkpoints" / "latest")) == 4
+    assert np.isfinite(metrics["accuracy"])
