@@ -46,7 +46,8 @@ def timed_export(name: str, loaded) -> tuple[bytes, float]:
 
     start = time.perf_counter()
     convert = standalone.CONVERTERS[name][0]
-    data = convert(standalone.probability_function(loaded, standalone.FORMATS[name].scan_impl), standalone.input_shape(loaded))
+    probabilities = standalone.probability_function(loaded, standalone.FORMATS[name].scan_impl)
+    data = convert(probabilities, standalone.input_shape(loaded))
     return data, time.perf_counter() - start
 
 

@@ -47,7 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dims = config_dict.placeholder(tuple)  # override the variant's dims, e.g. (8, 16, 32, 64)
     c.block = "full"  # the SS-Conv-SSM block, or a Table 7 ablation: split_no_shuffle, no_split, ssm_only
     c.drop_path_rate = 0.1
-    c.scan_impl = "auto"  # selective scan: auto (pallas on a GPU, cpu on a CPU, else associative), or one of those, or reference
+    # The selective scan: auto (pallas on a GPU, cpu on a CPU, else associative), one of those, or reference.
+    c.scan_impl = "auto"
     c.dtype = "float32"  # compute dtype; parameters and BatchNorm statistics stay float32
     c.init_from = ""  # upstream .pth file or a checkpoint directory (converted or trained)
 
