@@ -181,6 +181,15 @@ def _two_processes(workdir, data_dir, *overrides) -> list[subprocess.Popen]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"}) for i in range(2)]
 
 
+def _read_until(stream, text: str) -> None:
+    """Reads ``stream`` up to ``text``, which may sit on a line not yet ended."""
+    seen = ""
+    while text not in seen:
+        char = stream.read(1)
+        assert char, f"the process ended before printing {text!r}: {seen[-500:]!r}"
+        seen += char
+
+
 def _finished(procs) -> list[subprocess.CompletedProcess]:
     outputs = [p.communicate(timeout=600) for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
@@ -202,9 +211,12 @@ def test_two_processes_give_the_losses_of_one_and_stop_together(reference_run, f
     _assert_stopped_by_sigterm(latest_steps(workdir)[-1], stopped)
     first_stop = latest_steps(workdir)[-1]
     procs = _two_processes(workdir, fake_medmnist_dir, *RUN_ARGS)
-    for line in procs[0].stdout:  # restored, and the first step not yet compiled
-        if line.startswith("resuming from step"):
-            break
+    # The step compiles before the run restores its checkpoint and says so ("resuming from
+    # step"), and a tiny step is shorter than the notice's round trip through JAX's service: a
+    # notice sent at that line could name the third step. Sent as the compile starts (each
+    # process told the service its step on connecting, before loading data), it names the first
+    # or the second.
+    _read_until(procs[0].stdout, "compiling the train step")
     procs[1].send_signal(signal.SIGTERM)
     stopped = _finished(procs)
     _assert_stopped_by_sigterm(latest_steps(workdir)[-1], stopped)
