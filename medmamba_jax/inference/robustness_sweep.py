@@ -64,7 +64,7 @@ class KeptSweeps:
     the same checkpoint on the same images saved there."""
 
     def __init__(self, out: str, loaded: Loaded, images: np.ndarray, labels: np.ndarray):
-        self._write, self.path = write_json, os.path.join(out, PARTIAL_FILE)
+        self.path = os.path.join(out, PARTIAL_FILE)
         weights = jax.tree.leaves(nnx.state(loaded.model, nnx.Param, nnx.BatchStat))
         self.identity = {"weights": _digest(weights), "images": _digest([images, labels]),
                          "image_size": loaded.image_size}
@@ -87,7 +87,7 @@ class KeptSweeps:
 
     def put(self, group: str, name: str, value: Any) -> Any:
         self.table.setdefault(group, {})[name] = value
-        self._write(self.path, {"identity": self.identity, "table": self.table})
+        write_json(self.path, {"identity": self.identity, "table": self.table})
         return value
 
     def remove(self) -> None:

@@ -25,7 +25,7 @@ from flax import nnx
 from medmamba_jax import __version__, extras
 from medmamba_jax.analysis.errors import ToolError
 from medmamba_jax.data.transforms import EvalTransform
-from medmamba_jax.files import write_json
+from medmamba_jax.files import atomic_path, write_json
 from medmamba_jax.inference.loaded_model import Loaded
 from medmamba_jax.models.ss2d import SS2D
 
@@ -204,20 +204,14 @@ def export(loaded: Loaded, name: str, out: str, source: dict | None = None) -> d
     print(f"tracing with the {chosen.scan_impl} scan and writing {name} ...", file=sys.stderr, flush=True)
     data = convert(probability_function(loaded, chosen.scan_impl), input_shape(loaded))
     path = os.path.join(out, chosen.file)
-    tmp = path + ".tmp"  # opened plainly, not by mkstemp: a file to deploy gets the usual permissions
-    try:
+    with atomic_path(path) as tmp:  # the usual permissions: a file to deploy
         with open(tmp, "wb") as f:
             f.write(data)
         print(f"checking it against medmamba predict on {CHECK_IMAGES} random images ...", file=sys.stderr, flush=True)
         difference = largest_difference(loaded, run, tmp)
         if not difference <= TOLERANCE:
             raise ToolError(f"the exported {name} model's probabilities differ from the model's by {difference:.2g} "
-                                f"(more than {TOLERANCE:g}); nothing written")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+                            f"(more than {TOLERANCE:g}); nothing written")
     written = manifest(loaded, name, len(data), difference, source or {})
     write_json(manifest_path(path), written)
     return written
