@@ -23,8 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import median_seconds, run_json_child  # noqa: E402
-from benchmarks.common import report as write_report  # noqa: E402
+from benchmarks.common import median_seconds, report, run_json_child  # noqa: E402
 
 # The harness lives in the project's shared folder beside the checkout (../shared/upstream).
 DEFAULT_HARNESS = REPO.parent / "shared" / "upstream"
@@ -97,18 +96,18 @@ def main() -> None:
         for contender in contenders if index % 2 == 0 else contenders[::-1]:
             print(f"round {index + 1}/{args.rounds}: {contender} ...", file=sys.stderr, flush=True)
             rounds[contender].append(run_child(contender, args))
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": rounds, "median": {}}
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": rounds, "median": {}}
     for contender, results in rounds.items():
         good = [r for r in results if "error" not in r]
-        report["median"][contender] = {
+        summary["median"][contender] = {
             key: round(statistics.median(r[key] for r in good), 4) for key in (good[0] if good else {})
         }
-    base = report["median"]["upstream"]
-    report["speedup_over_upstream"] = {
-        c: {k: round(base[k] / v, 2) for k, v in report["median"][c].items() if k in base}
+    base = summary["median"]["upstream"]
+    summary["speedup_over_upstream"] = {
+        c: {k: round(base[k] / v, 2) for k, v in summary["median"][c].items() if k in base}
         for c in contenders[1:]
     }
-    write_report(report, args.out)
+    report(summary, args.out)
 
 
 if __name__ == "__main__":

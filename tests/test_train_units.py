@@ -352,8 +352,8 @@ def test_a_workdir_written_before_the_restructuring_resumes_and_trains_on(tmp_pa
 
     workdir = shutil.copytree(DATA / "workdir_v0", tmp_path / "run")
     config = smoke.get_config()
-    config.data_dir = write_fake_medmnist(str(tmp_path / "data"), "pathmnist",
-                                          split_sizes={"train": 16, "val": 8, "test": 8}).rpartition(os.sep)[0]
+    config.data_dir = str(tmp_path / "data")
+    write_fake_medmnist(config.data_dir, "pathmnist", split_sizes={"train": 16, "val": 8, "test": 8})
     config.num_epochs = 2
     metrics = train.train_and_evaluate(config, str(workdir))
     assert "resuming from step 2: 1 of 2 epochs trained" in capsys.readouterr().out
